@@ -1,0 +1,184 @@
+"""Reference baselines: simple predictors that sit beside every neural run, on the same folds and metrics.
+
+Each baseline is a class with `fit(windows, index)` and `predict(windows, index)`; they look only at the
+observed visits of a window (never at the visit being predicted) and run in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from .config import ExperimentConfig
+from .folds import FoldManifest
+from .windows import WindowSet
+
+
+def last_observed(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Value at each window's last observed position, vectorised."""
+    positions = np.where(mask, np.arange(mask.shape[1])[None, :], -1).max(axis=1)
+    return values[np.arange(len(values)), np.maximum(positions, 0)]
+
+
+def _require_categories(windows: WindowSet, name: str) -> None:
+    if not windows.has_visit_details:
+        raise ValueError(f"Baseline {name!r} needs the categories of the observed visits, which a next.parquet file "
+                         f"does not hold. Load the check-in table (dataset.source: checkins) to run it.")
+
+
+class MajorityClass:
+    """Predicts the most frequent class of the training windows."""
+
+    def fit(self, windows: WindowSet, index: np.ndarray) -> "MajorityClass":
+        self.majority = int(np.bincount(windows.target[index], minlength=len(windows.classes)).argmax())
+        return self
+
+    def predict(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
+        return np.full(len(index), self.majority)
+
+
+class LastCategory:
+    """Repeats the category of the last observed visit."""
+
+    def fit(self, windows: WindowSet, index: np.ndarray) -> "LastCategory":
+        _require_categories(windows, "last_category")
+        return self
+
+    def predict(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
+        return last_observed(windows.category_index[index], windows.mask[index])
+
+
+class MostFrequentInWindow:
+    """The most frequent category among the observed visits; ties go to the most recent of them."""
+
+    def fit(self, windows: WindowSet, index: np.ndarray) -> "MostFrequentInWindow":
+        _require_categories(windows, "most_frequent_in_window")
+        return self
+
+    def predict(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
+        categories, mask = windows.category_index[index], windows.mask[index]
+        num_classes = len(windows.classes)
+        one_hot = np.zeros((len(index), num_classes))
+        length = mask.shape[1]
+        for position in range(length):
+            observed = mask[:, position]
+            # A tiny recency bonus breaks ties towards later visits without changing any count order.
+            one_hot[np.flatnonzero(observed), categories[observed, position]] += 1.0 + position * 1e-3 / length
+        return one_hot.argmax(axis=1)
+
+
+class MarkovChain:
+    """Order-K Markov chain on categories; backs off to shorter histories, then to the majority class."""
+
+    def __init__(self, order: int = 2):
+        self.order = order
+
+    def _histories(self, windows: WindowSet, index: np.ndarray) -> list[tuple[int, ...]]:
+        categories, mask = windows.category_index[index], windows.mask[index]
+        histories = []
+        for row, row_mask in zip(categories, mask):
+            observed = row[row_mask]
+            histories.append(tuple(int(c) for c in observed[-self.order:]))
+        return histories
+
+    def fit(self, windows: WindowSet, index: np.ndarray) -> "MarkovChain":
+        _require_categories(windows, "markov")
+        counts: dict[tuple[int, ...], Counter] = defaultdict(Counter)
+        for history, target in zip(self._histories(windows, index), windows.target[index]):
+            for k in range(0, len(history) + 1):
+                counts[history[len(history) - k:]][int(target)] += 1
+        # Deterministic argmax: highest count, then lowest class id.
+        self.table = {key: min(counter, key=lambda c: (-counter[c], c)) for key, counter in counts.items()}
+        return self
+
+    def predict(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
+        predictions = []
+        for history in self._histories(windows, index):
+            for k in range(len(history), -1, -1):
+                key = history[len(history) - k:]
+                if key in self.table:
+                    predictions.append(self.table[key])
+                    break
+        return np.array(predictions)
+
+
+def window_feature_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:
+    """Tabular features of the observed visits: categories by position, category counts, hour/weekday,
+    time gaps and last coordinates. Nothing of the predicted visit."""
+    categories, mask = windows.category_index[index], windows.mask[index]
+    num_classes = len(windows.classes)
+    counts = np.zeros((len(index), num_classes))
+    for position in range(mask.shape[1]):
+        observed = mask[:, position]
+        counts[np.flatnonzero(observed), categories[observed, position]] += 1
+    nan = np.float32(np.nan)
+    by_position = np.where(mask, categories, -1).astype(np.float32)
+    hours = np.where(mask, windows.hour[index], nan)
+    weekdays = np.where(mask, windows.weekday[index], nan).astype(np.float32)
+    gaps = np.where(mask, np.log1p(np.maximum(windows.gap_hours[index], 0)), nan)
+    last = [last_observed(values[index], mask).reshape(-1, 1) for values in
+            (windows.latitude, windows.longitude, windows.hour, windows.weekday, windows.category_index)]
+    return np.hstack([by_position, counts, hours, weekdays, gaps, *last, mask.sum(axis=1, keepdims=True)])
+
+
+class GradientBoostedTrees:
+    """scikit-learn HistGradientBoostingClassifier on window features (category columns as categorical)."""
+
+    def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0):
+        self.max_iter, self.learning_rate, self.seed = max_iter, learning_rate, seed
+
+    def fit(self, windows: WindowSet, index: np.ndarray) -> "GradientBoostedTrees":
+        _require_categories(windows, "gradient_boosting")
+        length = windows.length
+        # Category-valued columns: every position, and the last observed category (last feature block).
+        features = window_feature_matrix(windows, index)
+        categorical = np.zeros(features.shape[1], bool)
+        categorical[:length] = True
+        categorical[-2] = True
+        self.model = HistGradientBoostingClassifier(
+            max_iter=self.max_iter, learning_rate=self.learning_rate, categorical_features=categorical,
+            early_stopping=False, random_state=self.seed)
+        # Padding (-1) is not a valid category code for the trees; shift codes by one so padding is 0.
+        self._shift = categorical
+        self.model.fit(self._prepare(features), windows.target[index])
+        return self
+
+    def _prepare(self, features: np.ndarray) -> np.ndarray:
+        features = features.copy()
+        features[:, self._shift] += 1
+        return features
+
+    def predict(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
+        return self.model.predict(self._prepare(window_feature_matrix(windows, index)))
+
+
+BASELINE_REGISTRY = {
+    "majority": lambda config, seed: MajorityClass(),
+    "last_category": lambda config, seed: LastCategory(),
+    "most_frequent_in_window": lambda config, seed: MostFrequentInWindow(),
+    "markov": lambda config, seed: MarkovChain(config.model.markov_order),
+    "gradient_boosting": lambda config, seed: GradientBoostedTrees(config.model.gbt_max_iter,
+                                                                   config.model.gbt_learning_rate, seed),
+}
+
+
+def run_baseline(config: ExperimentConfig, windows: WindowSet, fold_manifest: FoldManifest, progress=print):
+    """Fit on each fold's training windows, predict its test windows; same result shape as the engine."""
+    from .engine import CrossValidationResult, FoldResult
+
+    results = []
+    for seed in config.training.seeds:
+        for fold in fold_manifest.folds:
+            started = time.perf_counter()
+            model = BASELINE_REGISTRY[config.model.name](config, seed).fit(windows, fold.train_index)
+            predicted = np.asarray(model.predict(windows, fold.test_index), dtype=np.int64)
+            target = windows.target[fold.test_index]
+            results.append(FoldResult(seed=seed, fold=fold.fold, curves=[], selected_epoch=0, last_epoch=0,
+                                      test_target=target, predictions={"selected": predicted, "last": predicted},
+                                      seconds=time.perf_counter() - started))
+            progress(f"[seed {seed} fold {fold.fold + 1}/{len(fold_manifest.folds)}] {config.model.name}: test accuracy "
+                     f"{(predicted == target).mean():.4f}")
+    return CrossValidationResult(fold_results=results, device="cpu", device_name="cpu")

@@ -1,0 +1,417 @@
+"""Experiment configuration: one typed object, loaded from layered YAML and validated once at the edge.
+
+Everything downstream trusts an `ExperimentConfig`. Errors name the key, the value and the valid choices,
+so a typo in a parameter file fails before any data is read.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A parameter file asks for something invalid; the message says which key and how to fix it."""
+
+
+@dataclass
+class DatasetConfig:
+    # foursquare_nyc: the embedded mat-data sample; checkins: any CSV/parquet check-in table;
+    # next_parquet: our users' precomputed 9x64 window file.
+    source: Literal["foursquare_nyc", "checkins", "next_parquet"] = "foursquare_nyc"
+    path: str | None = None
+    name: str | None = None  # folder name under outputs/; derived from the source when empty
+    # Column names of a check-in table (the defaults match the Gowalla per-state files).
+    user_column: str = "userid"
+    poi_column: str | None = "placeid"  # None: POIs are identified by their coordinates
+    timestamp_column: str = "datetime"
+    latitude_column: str = "latitude"
+    longitude_column: str = "longitude"
+    category_column: str = "category"
+    min_checkins_per_user: int = 5
+    # Fixed class list in id order (e.g. Gowalla's 7 categories); empty: the classes found in the data,
+    # most frequent first. A category outside a given list is an error.
+    classes: list[str] | None = None
+    # next.parquet stores no mask; its writer padded short windows on the right with zero vectors.
+    # "trailing_zero_rows" reads trailing all-zero positions as padding (only for that legacy file),
+    # "none" treats every position as a real visit.
+    legacy_padding: Literal["trailing_zero_rows", "none"] = "trailing_zero_rows"
+
+
+@dataclass
+class EmbeddingConfig:
+    source: Literal["dgi", "table"] = "dgi"
+    path: str | None = None  # for source=table: parquet/CSV with placeid, '0'..'63'
+    id_column: str = "placeid"
+    dim: int = 64
+    graph: Literal["delaunay", "knn"] = "delaunay"
+    knn_k: int = 10
+    epochs: int = 200
+    learning_rate: float = 1e-3
+    seed: int = 0
+    # What to do with visits whose POI has no embedding: "error" stops, "mask" marks those positions
+    # as not observed in the padding mask (reported), "drop_window" removes windows that contain one.
+    missing: Literal["error", "mask", "drop_window"] = "error"
+
+
+@dataclass
+class WindowConfig:
+    length: int = 9
+    stride: int = 1
+    # Inputs of each observed visit the neural heads see.
+    features: list[Literal["embedding", "category", "time", "coordinates"]] = field(
+        default_factory=lambda: ["embedding"]
+    )
+    # Adding the predicted visit's own time changes the task; it must be asked for by this name.
+    target_time_features: bool = False
+
+
+@dataclass
+class FoldConfig:
+    n_splits: int = 5
+    # user_grouped: StratifiedGroupKFold by user. legacy_record_level: our users' old split that puts
+    # windows of one user in train and test; kept only to reproduce old numbers.
+    strategy: Literal["user_grouped", "legacy_record_level"] = "user_grouped"
+    inner_val_fraction: float = 0.15
+    seed: int = 42
+
+
+@dataclass
+class ModelConfig:
+    name: str = "transformer"
+    model_dim: int = 64  # width the transformer works at (inputs are projected to it)
+    hidden_dim: int = 256  # recurrent heads' hidden size
+    num_layers: int = 4
+    num_heads: int = 8
+    dropout: float = 0.1
+    causal: bool = False
+    feedforward_dim: int = 256
+    category_embedding_dim: int = 32
+    # Reference baselines only.
+    markov_order: int = 2
+    gbt_max_iter: int = 200
+    gbt_learning_rate: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    name: Literal["cross_entropy", "focal", "logit_adjusted"] = "cross_entropy"
+    class_weights: Literal["none", "balanced"] = "none"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    focal_alpha: Literal["none", "balanced"] = "none"
+    logit_adjustment_tau: float = 1.0
+    # Stacking two re-weightings over-corrects (our users lost 10-25 points); allowed only on request.
+    allow_stacked_reweighting: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw"] = "adamw"
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+
+
+@dataclass
+class SchedulerConfig:
+    name: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    max_lr: float = 1e-2
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 100
+    batch_size: int = 1024
+    weighted_sampler: bool = False
+    early_stopping_patience: int | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    # Post-hoc per-class logit offsets fitted on the inner validation users to maximise macro-F1.
+    bias_calibration: bool = False
+    progress: bool = True
+    # bf16 autocast on GPUs that support it (fp32 master weights and loss).
+    mixed_precision: bool = True
+
+
+@dataclass
+class OutputConfig:
+    root: str = "outputs"
+    overwrite: bool = False
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    description: str = ""
+    profile: str | None = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    folds: FoldConfig = field(default_factory=FoldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def dataset_name(self) -> str:
+        if self.dataset.name:
+            return self.dataset.name
+        if self.dataset.source == "foursquare_nyc":
+            return "foursquare_nyc"
+        return Path(self.dataset.path or "data").stem
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win key by key; nested sections merge rather than replace."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Parameter file {str(path)!r} does not exist. Check the path (it is read relative "
+                          f"to the current folder {str(Path.cwd())!r}).")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Parameter file {str(path)!r} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"Parameter file {str(path)!r} must hold a mapping of sections (dataset:, model:, ...), "
+                          f"not a {type(data).__name__}.")
+    # Each layer may name files it builds on, relative to itself.
+    bases = data.pop("extends", None)
+    if bases:
+        merged: dict[str, Any] = {}
+        for base in [bases] if isinstance(bases, str) else bases:
+            merged = deep_merge(merged, read_yaml(path.parent / base))
+        data = deep_merge(merged, data)
+    return data
+
+
+def load_config(*layers: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Merge YAML files and/or dicts left to right (later wins), validate, return the typed config.
+
+    The run name defaults to the stem of the last file given.
+    """
+    merged: dict[str, Any] = {}
+    last_file_stem = None
+    for layer in layers:
+        if isinstance(layer, dict):
+            merged = deep_merge(merged, layer)
+        else:
+            layer_data = read_yaml(layer)
+            # A profile only adjusts settings; the run keeps the experiment's name.
+            if Path(layer).parent.name != "profiles":
+                last_file_stem = Path(layer).stem
+            merged = deep_merge(merged, layer_data)
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    if "name" not in merged and last_file_stem:
+        merged["name"] = last_file_stem
+    config = from_dict(merged)
+    validate(config, merged)
+    return config
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    return _build(ExperimentConfig, data, prefix="")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"Section {prefix.rstrip('.') or 'top level'!r} must be a mapping of keys, "
+                          f"got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        import difflib
+
+        key = unknown[0]
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"Unknown key {prefix + key!r}.{hint} Valid keys in "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(fields))}.")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, prefix + name + ".")
+        else:
+            values[name] = _coerce(value, hint, prefix + name)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in [a for a in args if a is not type(None)]:
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not a valid choice. Valid choices: "
+                              f"{', '.join(repr(a) for a in args)}.")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} must be a list, e.g. [{value!r}].")
+        return [_coerce(item, args[0], f"{key}[{index}]") for index, item in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer.")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            extra = ""
+            if isinstance(value, str):
+                # PyYAML reads 1e-3 (no dot) as a string; say so instead of failing obscurely later.
+                extra = (" YAML reads numbers like 1e-3 as text; write 1.0e-3 or 0.001.")
+            raise ConfigError(f"{key}={value!r} must be a number.{extra}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string.")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}.")  # pragma: no cover - programming error
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> None:
+    """Cross-field checks; raises ConfigError naming the key and the fix."""
+    from .baselines import BASELINE_REGISTRY
+    from .models import MODEL_REGISTRY, model_uses_attention_heads
+
+    raw = raw or {}
+    d, e, w, f, m, l, o, s, t = (config.dataset, config.embeddings, config.windows, config.folds, config.model,
+                                 config.loss, config.optimizer, config.scheduler, config.training)
+    _require(bool(config.name) and "/" not in config.name and not config.name.startswith("."),
+             f"name={config.name!r} must be a non-empty folder name without '/' and not starting with '.'.")
+    if d.source in ("checkins", "next_parquet"):
+        _require(d.path is not None, f"dataset.path is required when dataset.source={d.source!r}: give the "
+                                     f"path of the {'check-in table (CSV or parquet)' if d.source == 'checkins' else 'next.parquet file'}.")
+    _require(d.min_checkins_per_user >= 1, f"dataset.min_checkins_per_user={d.min_checkins_per_user} must be >= 1.")
+    if e.source == "table":
+        _require(e.path is not None, "embeddings.path is required when embeddings.source='table': give the "
+                                     "parquet/CSV with columns placeid, '0'..'63'.")
+    _require(e.dim >= 1, f"embeddings.dim={e.dim} must be >= 1.")
+    _require(e.knn_k >= 1, f"embeddings.knn_k={e.knn_k} must be >= 1.")
+    _require(e.epochs >= 1, f"embeddings.epochs={e.epochs} must be >= 1.")
+    _require(w.length >= 1, f"windows.length={w.length} must be >= 1 (the number of past visits the model sees).")
+    _require(w.stride >= 1, f"windows.stride={w.stride} must be >= 1 (1 = every transition, "
+                            f"{w.length} = non-overlapping windows).")
+    _require(len(w.features) >= 1 and len(set(w.features)) == len(w.features),
+             f"windows.features={w.features!r} must list each of 'embedding', 'category', 'time', "
+             f"'coordinates' at most once, and at least one of them.")
+    if d.source == "next_parquet":
+        _require(w.features == ["embedding"] and not w.target_time_features,
+                 f"windows.features={w.features!r}: a next.parquet file holds only the precomputed embeddings; "
+                 f"use features: [embedding], or load the check-in table instead.")
+        _require(w.length == 9, f"windows.length={w.length}: a next.parquet file holds windows of 9 visits; "
+                                f"set windows.length: 9 or regenerate windows from the check-in table.")
+    _require(f.n_splits >= 2, f"folds.n_splits={f.n_splits} must be >= 2.")
+    _require(0.0 < f.inner_val_fraction < 0.5,
+             f"folds.inner_val_fraction={f.inner_val_fraction} must be between 0 and 0.5 (share of training "
+             f"users held out for model selection).")
+    known = sorted(MODEL_REGISTRY) + sorted(BASELINE_REGISTRY)
+    _require(m.name in MODEL_REGISTRY or m.name in BASELINE_REGISTRY,
+             f"model.name={m.name!r} is not a registered model. Valid choices: {', '.join(known)}.")
+    _require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1).")
+    _require(m.num_layers >= 1, f"model.num_layers={m.num_layers} must be >= 1.")
+    _require(m.num_heads >= 1, f"model.num_heads={m.num_heads} must be >= 1.")
+    if model_uses_attention_heads(m.name):
+        width_key, width = ("model.model_dim", m.model_dim) if m.name == "transformer" else ("model.hidden_dim", m.hidden_dim)
+        _require(width % m.num_heads == 0,
+                 f"model.num_heads={m.num_heads} must divide {width_key}={width} (each head gets "
+                 f"{width_key.split('.')[1]}/num_heads features). Choose num_heads in "
+                 f"{[h for h in range(1, width + 1) if width % h == 0 and h <= 16]}.")
+    _require(0.0 <= l.label_smoothing < 1.0, f"loss.label_smoothing={l.label_smoothing} must be in [0, 1).")
+    _require(l.focal_gamma >= 0.0, f"loss.focal_gamma={l.focal_gamma} must be >= 0.")
+    _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0.")
+    _require(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0.")
+    _require(s.max_lr > 0 and s.div_factor > 0 and s.final_div_factor > 0 and 0 < s.pct_start < 1,
+             f"scheduler: max_lr={s.max_lr}, div_factor={s.div_factor}, final_div_factor={s.final_div_factor} "
+             f"must be > 0 and pct_start={s.pct_start} in (0, 1).")
+    _require(t.epochs >= 1, f"training.epochs={t.epochs} must be >= 1.")
+    _require(t.batch_size >= 1, f"training.batch_size={t.batch_size} must be >= 1.")
+    _require(len(t.seeds) >= 1 and len(set(t.seeds)) == len(t.seeds),
+             f"training.seeds={t.seeds!r} must list at least one seed, each once.")
+    _require(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+             f"training.early_stopping_patience={t.early_stopping_patience} must be >= 1 or null.")
+    _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+             f"training.device={t.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+    # Two re-weightings of the same imbalance over-correct; refuse unless asked for by name.
+    stacks = []
+    if t.weighted_sampler and l.class_weights == "balanced":
+        stacks.append("training.weighted_sampler with loss.class_weights='balanced'")
+    if t.weighted_sampler and l.name == "focal" and l.focal_alpha == "balanced":
+        stacks.append("training.weighted_sampler with focal loss alpha='balanced'")
+    if l.class_weights == "balanced" and l.name == "focal" and l.focal_alpha == "balanced":
+        stacks.append("loss.class_weights='balanced' with focal loss alpha='balanced'")
+    if l.class_weights == "balanced" and l.name == "logit_adjusted":
+        stacks.append("loss.class_weights='balanced' with logit-adjusted loss")
+    if t.weighted_sampler and l.name == "logit_adjusted":
+        stacks.append("training.weighted_sampler with logit-adjusted loss")
+    if stacks and not l.allow_stacked_reweighting:
+        raise ConfigError(
+            f"This configuration stacks two re-weightings of the class imbalance ({'; '.join(stacks)}). Each one "
+            f"alone already rebalances the classes; together they over-correct towards minority classes (our users "
+            f"measured losses of 10-25 macro-F1 points). Keep one of them, or set loss.allow_stacked_reweighting: "
+            f"true if you mean to measure the stack.")
+    if l.name == "focal" and l.class_weights == "balanced" and l.focal_alpha == "none":
+        warnings.warn("loss.class_weights='balanced' with focal loss is used as focal alpha (per-class weights).",
+                      stacklevel=2)
+    if s.name == "onecycle" and "learning_rate" in (raw.get("optimizer") or {}):
+        warnings.warn(
+            f"optimizer.learning_rate={o.learning_rate} has no effect under scheduler.name='onecycle': OneCycle "
+            f"starts at max_lr/div_factor = {s.max_lr / s.div_factor:g} and peaks at max_lr={s.max_lr:g}. Change "
+            f"scheduler.max_lr / div_factor instead.", UserWarning, stacklevel=2)
+    if w.target_time_features:
+        warnings.warn("windows.target_time_features: true adds the predicted visit's time to the input. This is a "
+                      "different, easier task; the run is labelled 'next_category_with_target_time'.", stacklevel=2)
+
+
+def config_to_yaml(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
