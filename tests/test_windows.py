@@ -1,0 +1,84 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import embedding_frame, synthetic_checkins
+from nextpoi_lib.config import DatasetConfig
+from nextpoi_lib.data import DataError, load_checkins, load_next_parquet
+from nextpoi_lib.windows import build_windows, window_bounds, windows_from_next_parquet
+from test_data import write_next_parquet
+
+
+def table_from(frame, tmp_path):
+    path = tmp_path / "c.csv"
+    frame.to_csv(path, index=False)
+    return load_checkins(DatasetConfig(source="checkins", path=str(path)), "toy")
+
+
+def test_window_bounds_by_hand():
+    # 14 visits, L=9: stride 1 -> starts 0..4 predict visits 9..13; stride 9 -> [0,9)->9, [9,13)->13.
+    users, starts, ends = window_bounds(np.array([14]), 9, 1)
+    assert starts.tolist() == [0, 1, 2, 3, 4] and ends.tolist() == [9, 10, 11, 12, 13]
+    users, starts, ends = window_bounds(np.array([14]), 9, 9)
+    assert starts.tolist() == [0, 9] and ends.tolist() == [9, 13]
+    # A user with fewer visits than L gets one padded window predicting the last visit.
+    users, starts, ends = window_bounds(np.array([5, 1]), 9, 1)
+    assert users.tolist() == [0] and starts.tolist() == [0] and ends.tolist() == [4]
+
+
+def test_windows_hold_the_right_visits_and_target(tmp_path):
+    frame = synthetic_checkins(n_users=2, visits_per_user=14)
+    table = table_from(frame, tmp_path)
+    pois = sorted(table.frame.poi_id.unique())
+    windows = build_windows(table, embedding_frame(pois), length=9, stride=9)
+    assert len(windows) == 4
+    first_user = table.frame[table.frame.user_id == "u000"].reset_index(drop=True)
+    # Second window of u000: visits 9..12 observed, 5 padding positions, target = visit 13.
+    second = 1
+    assert windows.mask[second].tolist() == [True] * 4 + [False] * 5
+    expected_rows = [pois.index(p) for p in first_user.poi_id[9:13]]
+    assert windows.poi_index[second, :4].tolist() == expected_rows
+    assert windows.classes[windows.target[second]] == first_user.category[13]
+    assert (windows.category_index[second, 4:] == -1).all()
+    assert windows.gap_hours[0, 1] == pytest.approx(3.0)  # visits are 3 hours apart
+
+
+def test_zero_embedding_is_not_padding(tmp_path):
+    table = table_from(synthetic_checkins(n_users=2, visits_per_user=12), tmp_path)
+    pois = sorted(table.frame.poi_id.unique())
+    embeddings = embedding_frame(pois)
+    embeddings.iloc[:] = 0.0  # every embedding is an all-zero vector
+    windows = build_windows(table, embeddings, length=9, stride=1)
+    assert windows.mask.all()
+
+
+def test_missing_embeddings_are_reported_and_handled(tmp_path):
+    table = table_from(synthetic_checkins(n_users=4, visits_per_user=12), tmp_path)
+    pois = sorted(table.frame.poi_id.unique())
+    missing_poi = table.frame.poi_id.iloc[3]
+    embeddings = embedding_frame([p for p in pois if p != missing_poi])
+    with pytest.raises(DataError, match="have no embedding.*embeddings.missing"):
+        build_windows(table, embeddings, 9, 1, missing="error")
+    masked = build_windows(table, embeddings, 9, 1, missing="mask")
+    full = build_windows(table, embedding_frame(pois), 9, 1)
+    n_missing = masked.report["missing_embedding_visits"]
+    assert n_missing > 0 and (~masked.mask).sum() == n_missing
+    dropped = build_windows(table, embeddings, 9, 1, missing="drop_window")
+    assert len(dropped) == len(full) - dropped.report["dropped_windows_missing_embedding"] and dropped.mask.all()
+
+
+@pytest.mark.parametrize("length", [1, 12, 15])
+def test_any_window_length(tmp_path, length):
+    table = table_from(synthetic_checkins(n_users=3, visits_per_user=20), tmp_path)
+    windows = build_windows(table, embedding_frame(sorted(table.frame.poi_id.unique())), length, 1)
+    assert windows.mask.shape[1] == length and len(windows) == 3 * (20 - length)
+
+
+def test_next_parquet_windows_mask_trailing_padding_only(tmp_path):
+    path = tmp_path / "next.parquet"
+    write_next_parquet(path)
+    windows = windows_from_next_parquet(load_next_parquet(path))
+    assert windows.mask[0].tolist() == [True] * 6 + [False] * 3
+    assert windows.mask[1].all()  # the zero row in the middle stays an observed visit ...
+    assert windows.report["zero_rows_inside_windows"] == 1  # ... and is reported
+    assert windows.classes[0] == "Food"
