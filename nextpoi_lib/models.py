@@ -74,7 +74,8 @@ class TransformerHead(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, return_attention: bool = False):
         length = x.shape[1]
         hidden = self.input_projection(x) + self.positions[:length]
-        causal_mask = (torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1)
+        # Boolean like the padding mask (True = may not attend), so PyTorch combines them without warning.
+        causal_mask = (torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)
                        if self.causal else None)
         # A causal row whose visible keys are all padding would be empty; padding sits on the right, so
         # every position sees at least position 0, which is always observed.

@@ -1,0 +1,72 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import synthetic_checkins
+from nextpoi_lib.config import load_config
+from nextpoi_lib.engine import cross_validate
+from nextpoi_lib.runs import prepare_data
+
+
+def synthetic_config(tmp_path, **sections):
+    """A cycle of POIs: the next category is a function of the last visit's category."""
+    checkins = tmp_path / "checkins.csv"
+    if not checkins.exists():
+        synthetic_checkins(n_users=50, visits_per_user=16, n_pois=30).to_csv(checkins, index=False)
+    base = {
+        "name": "toy", "dataset": {"source": "checkins", "path": str(checkins), "name": "toy"},
+        "embeddings": {"source": "dgi", "epochs": 5, "dim": 8},
+        "windows": {"length": 4, "stride": 1, "features": ["category"]},
+        "folds": {"n_splits": 3},
+        "model": {"name": "gru", "hidden_dim": 16, "num_layers": 1, "dropout": 0.0},
+        "loss": {"name": "cross_entropy"},
+        "scheduler": {"name": "constant"},
+        "optimizer": {"learning_rate": 0.02, "weight_decay": 0.0},
+        "training": {"epochs": 8, "batch_size": 64, "seeds": [0], "progress": False, "device": "cpu"},
+        "output": {"root": str(tmp_path / "outputs")},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_config(base)
+
+
+def test_gru_learns_a_deterministic_cycle(tmp_path):
+    config = synthetic_config(tmp_path)
+    prepared = prepare_data(config)
+    result = cross_validate(config, prepared.windows, prepared.fold_manifest)
+    for fold in result.fold_results:
+        accuracy = (fold.predictions["selected"] == fold.test_target).mean()
+        assert accuracy > 0.95, accuracy
+
+
+def test_selected_epoch_is_the_best_inner_validation_epoch(tmp_path):
+    config = synthetic_config(tmp_path, training={"epochs": 6}, optimizer={"learning_rate": 0.003})
+    prepared = prepare_data(config)
+    result = cross_validate(config, prepared.windows, prepared.fold_manifest)
+    for fold in result.fold_results:
+        curve = pd.DataFrame(fold.curves)
+        # first epoch reaching the maximum of the validation curve (strictly-better rule)
+        assert fold.selected_epoch == int(curve.loc[curve.val_macro_f1.idxmax(), "epoch"])
+        assert fold.last_epoch == 6 and len(curve) == 6
+
+
+@pytest.mark.parametrize("model", ["transformer", "hybrid", "lstm"])
+def test_same_seed_same_metrics_on_cpu(tmp_path, model):
+    config = synthetic_config(tmp_path, model={"name": model, "num_heads": 2, "model_dim": 16},
+                              windows={"features": ["embedding", "category", "time", "coordinates"]},
+                              training={"epochs": 2, "seeds": [3]})
+    prepared = prepare_data(config)
+    first = cross_validate(config, prepared.windows, prepared.fold_manifest)
+    second = cross_validate(config, prepared.windows, prepared.fold_manifest)
+    for a, b in zip(first.fold_results, second.fold_results):
+        np.testing.assert_array_equal(a.predictions["selected"], b.predictions["selected"])
+        assert pd.DataFrame(a.curves).equals(pd.DataFrame(b.curves))
+
+
+def test_weighted_sampler_and_early_stopping(tmp_path):
+    config = synthetic_config(tmp_path, training={"weighted_sampler": True, "early_stopping_patience": 2,
+                                                  "epochs": 30})
+    prepared = prepare_data(config)
+    result = cross_validate(config, prepared.windows, prepared.fold_manifest)
+    for fold in result.fold_results:
+        assert fold.last_epoch <= fold.selected_epoch + 2

@@ -1,0 +1,135 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nextpoi_lib import runs
+from nextpoi_lib.runs import RunExistsError, run_experiment
+from test_engine import synthetic_config
+
+RUN_FILES = {"config.yaml", "manifest.json", "fold_manifest.json", "curves.csv", "fold_metrics.csv", "per_class.csv",
+             "confusion.csv", "summary.json"}
+
+
+def test_run_folder_is_complete_and_consistent(tmp_path):
+    config = synthetic_config(tmp_path, model={"name": "hybrid", "num_heads": 2},
+                              training={"epochs": 3, "seeds": [0, 1], "bias_calibration": True})
+    path = run_experiment(config)
+    assert RUN_FILES | {"attention.csv"} <= {p.name for p in path.iterdir()}
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["seeds"] == [0, 1] and manifest["device"] == "cpu"
+    folds = json.loads((path / "fold_manifest.json").read_text())
+    fold_sizes = {f["fold"]: f["n_test"] for f in folds["folds"]}
+    metrics = pd.read_csv(path / "fold_metrics.csv")
+    assert set(metrics.selection) == {"selected", "last", "calibrated"} and len(metrics) == 2 * 3 * 3
+    per_class = pd.read_csv(path / "per_class.csv")
+    supports = per_class.groupby(["seed", "fold", "selection"])["support"].sum()
+    for (seed, fold, selection), total in supports.items():
+        assert total == fold_sizes[fold]
+    confusion = pd.read_csv(path / "confusion.csv")
+    assert (confusion.groupby(["seed", "fold", "selection"])["count"].sum() == supports).all()
+    summary = json.loads((path / "summary.json").read_text())
+    selected = metrics[metrics.selection == "selected"]
+    assert summary["selected"]["macro_f1"]["mean"] == pytest.approx(selected.macro_f1.mean())
+    assert summary["selected"]["macro_f1"]["std"] == pytest.approx(selected.macro_f1.std(ddof=1))
+    assert summary["selected"]["macro_f1"]["n"] == 6
+    curves = pd.read_csv(path / "curves.csv")
+    assert len(curves) == 2 * 3 * 3 and curves.learning_rate.notna().all()
+    attention = pd.read_csv(path / "attention.csv")
+    np.testing.assert_allclose(attention.groupby(["seed", "fold"]).weight.sum(), 1.0, rtol=1e-4)
+
+
+def test_existing_run_is_never_overwritten_silently(tmp_path):
+    config = synthetic_config(tmp_path, training={"epochs": 1})
+    path = run_experiment(config)
+    before = (path / "manifest.json").read_text()
+    with pytest.raises(RunExistsError, match="already exists.*--overwrite"):
+        run_experiment(config)
+    assert (path / "manifest.json").read_text() == before
+    config.output.overwrite = True
+    run_experiment(config)
+    assert json.loads((path / "manifest.json").read_text())["started_at"] >= json.loads(before)["started_at"]
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_crash_leaves_no_complete_run_and_keeps_the_old_one(tmp_path, monkeypatch):
+    config = synthetic_config(tmp_path, training={"epochs": 1})
+    path = run_experiment(config)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash while writing")
+
+    monkeypatch.setattr(runs, "summarise", broken)
+    config.output.overwrite = True
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_experiment(config)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_baseline_runs_share_the_format(tmp_path):
+    config = synthetic_config(tmp_path, name="markov", model={"name": "markov", "markov_order": 1})
+    path = run_experiment(config)
+    assert RUN_FILES <= {p.name for p in path.iterdir()}
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["kind"] == "baseline"
+    assert json.loads((path / "summary.json").read_text())["selected"]["accuracy"]["mean"] > 0.95
+
+
+def test_next_parquet_loads_and_trains(tmp_path):
+    from test_data import write_next_parquet
+
+    rng = np.random.default_rng(0)
+    n = 60
+    features = rng.normal(size=(n, 9, 64)).astype(np.float32)
+    labels = np.array(["Food", "Shopping", "Travel"])[rng.integers(0, 3, n)]
+    features[:, 0, 0] = (labels == "Food") * 5.0  # a learnable signal
+    frame = pd.DataFrame(features.reshape(n, 576), columns=[str(i) for i in range(576)]).astype(str)
+    frame["next_category"] = labels
+    frame["userid"] = np.arange(n) // 3
+    path = tmp_path / "next.parquet"
+    frame.to_parquet(path)
+    config = synthetic_config(tmp_path, dataset={"source": "next_parquet", "path": str(path), "name": "alabama"},
+                              windows={"length": 9, "features": ["embedding"]}, training={"epochs": 2})
+    run = run_experiment(config)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["n_windows"] == n and manifest["classes"][0] in {"Food", "Shopping", "Travel"}
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "nextpoi_lib.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("training: {epocs: 3}\n", "Unknown key 'training.epocs'"),
+    ("training: {weighted_sampler: true}\nloss: {class_weights: balanced}\n", "stacks two re-weightings"),
+    ("dataset: {source: checkins, path: missing.csv}\n", "does not exist"),
+])
+def test_cli_bad_input_gives_one_paragraph_and_writes_nothing(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    result = run_cli("run", str(path), "--output-root", str(tmp_path / "outputs"), cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("manifest.json"))
+
+
+def test_smoke_run_on_the_embedded_dataset(tmp_path):
+    """The README's smoke command on the real data: every file present, supports sum to the folds."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = run_cli("run", str(root / "parameters/smoke.yaml"), "--output-root", str(tmp_path / "o"), "--quiet",
+                     cwd=root)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "o" / "foursquare_nyc" / "smoke"
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert len(manifest["classes"]) == 10 and manifest["n_folds"] == 5
+    folds = json.loads((path / "fold_manifest.json").read_text())["folds"]
+    users = [set(f["test_users"]) for f in folds]
+    assert sum(len(u) for u in users) == len(set().union(*users)) == 3079
+    for fold in folds:
+        assert not set(fold["inner_val_users"]) & set(fold["test_users"])
