@@ -86,8 +86,8 @@ def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress) 
 
     e = config.embeddings
     pois = poi_table(checkins)
-    if "embedding" not in config.windows.features:
-        # The feature set does not use POI embeddings: skip computing them.
+    if "embedding" not in config.windows.features or config.model.name in BASELINE_REGISTRY:
+        # Neither the feature set nor a reference baseline uses POI embeddings: skip computing them.
         return pd.DataFrame(index=pd.Index(pois["poi_id"], name="poi_id"))
     if e.source == "table":
         return load_embedding_table(e.path, id_column=e.id_column, dim=e.dim)

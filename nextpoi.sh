@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Set-up-free entry point for a fresh machine with Python 3.11 and pip:
+#   ./nextpoi.sh main   set up, run baseline + A-D on the embedded dataset, write outputs/report.html
+#   ./nextpoi.sh test   set up (with test tools), run the whole test suite
+#   ./nextpoi.sh setup  only set up the virtual environment (.venv, or $NEXTPOI_VENV)
+# Set NEXTPOI_PYTHON to the python of an existing environment (e.g. a conda env with a CUDA torch) to use it
+# instead of creating .venv.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${NEXTPOI_VENV:-.venv}
+if [ -n "${NEXTPOI_PYTHON:-}" ]; then
+  PY=$NEXTPOI_PYTHON
+else
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating virtual environment $VENV"
+    python3 -m venv "$VENV"
+  fi
+  PY=$VENV/bin/python
+fi
+export PATH="$(dirname "$PY"):$PATH"
+
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+setup() {
+  local with_tests=$1
+  local stamp_file="$("$PY" -c 'import sys; print(sys.prefix)')/.nextpoi-setup"
+  local wanted
+  wanted=$(cat requirements.txt pyproject.toml $([ "$with_tests" = yes ] && echo requirements-test.txt) | sha256sum | cut -c1-16)
+  if [ -f "$stamp_file" ] && grep -qx "$wanted" "$stamp_file"; then
+    return 0
+  fi
+  echo "== installing dependencies into $("$PY" -c 'import sys; print(sys.prefix)')"
+  # torch only when missing: a CPU build 2.13.0 is available locally on our machines; an unpinned torch
+  # would download a multi-GB CUDA build. A GPU workstation keeps the torch it has.
+  if ! "$PY" -c "import torch" 2>/dev/null; then
+    pip_install torch==2.13.0
+  fi
+  pip_install -r requirements.txt
+  # The embedded dataset: GPL-3 check-ins shipped inside mat-data; its own dependencies are not needed.
+  pip_install --no-deps mat-data==0.1rc6
+  pip_install --no-deps -e .
+  if [ "$with_tests" = yes ]; then
+    pip_install -r requirements-test.txt
+  fi
+  echo "$wanted" >> "$stamp_file"
+}
+
+ensure_chromium() {
+  # Browser tests drive Debian's Chromium (Playwright's own browser download does not work here).
+  if command -v chromium >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing Debian chromium for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "!! chromium is not installed and cannot be installed here (needs root + apt-get): browser tests will be skipped"
+  fi
+}
+
+case "${1:-}" in
+  setup)
+    setup yes ;;
+  main)
+    setup no
+    shift
+    # Full settings on a GPU, the quick CPU profile otherwise (the report says which one produced the runs).
+    status=0
+    nextpoi batch parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
+      --profile auto "$@" || status=$?
+    nextpoi report --output outputs/report.html
+    echo "== report: outputs/report.html"
+    exit $status ;;
+  test)
+    setup yes
+    ensure_chromium
+    shift
+    "$PY" -m pytest -q "$@" ;;
+  *)
+    sed -n '2,8p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,110 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Analysis of finished runs
+#
+# Compares complete run folders (`outputs/<dataset>/<run-name>/`, see `docs/run-folder.md`) of one dataset:
+# leaderboard with paired tests, per-class precision and recall, confusion matrices, training curves and
+# attention weights, then an interactive explorer. Every number comes from the run folders; every table and
+# figure is built by `nextpoi_lib.figures`.
+#
+# Run it with papermill, e.g.
+# `papermill notebooks/analysis.ipynb out.ipynb -p outputs_root outputs -k python3`.
+
+# %% tags=["parameters"]
+outputs_root = "outputs"
+run_names = []  # empty: every complete run under outputs_root (one dataset); or names like "baseline"
+dataset = ""  # empty: the only dataset, or the one with the most recently finished run
+reference = ""  # empty: the run named "baseline" if present, else the first
+selection = "selected"  # which epoch's metrics: "selected", "last" or "calibrated"
+
+# %%
+import sys
+from pathlib import Path
+
+import plotly.io as pio
+from IPython.display import HTML, display
+
+# Make the library importable when the notebook runs from notebooks/ in a checkout.
+for candidate in (Path.cwd(), *Path.cwd().parents):
+    if (candidate / "nextpoi_lib" / "__init__.py").exists():
+        sys.path.insert(0, str(candidate))
+        break
+
+from nextpoi_lib import figures
+from nextpoi_lib.widgets import AnalysisApp
+
+# The plotly mimetype renders natively in JupyterLab; the inline-HTML fallback (plotly.js embedded once)
+# makes the figures visible in papermill output opened elsewhere, offline.
+pio.renderers.default = "plotly_mimetype+notebook"
+
+run_paths = figures.select_runs(outputs_root, run_names, dataset or None)
+runs = [figures.load_run(p) for p in run_paths]
+comparability = figures.check_comparable(runs)
+print(f"{len(runs)} runs of dataset {runs[0].dataset!r}:")
+for run in runs:
+    m = run.manifest
+    print(f"  {run.label}: model={m.get('model')} kind={m.get('kind')} profile={m.get('profile')} "
+          f"device={m.get('device')} seeds={m.get('seeds')} folds={m.get('n_folds')}")
+for note in comparability.notes:
+    print("Note:", note)
+
+# %% [markdown]
+# ## Leaderboard
+#
+# Mean ± std over fold × seed. Δ against the reference run; Wilcoxon p from a two-sided paired test over
+# matched (seed, fold) pairs (the `note` column says when there are too few pairs for any p below 0.05).
+
+# %%
+table = figures.leaderboard(runs, reference=reference or None, selection=selection)
+display(HTML(figures.leaderboard_html(table)))
+figures.leaderboard_figure(table).show()
+
+# %% [markdown]
+# ## Per-class precision and recall
+
+# %%
+figures.per_class_figure(runs, selection=selection).show()
+
+# %% [markdown]
+# ## Confusion matrices
+#
+# Summed over fold × seed; the buttons switch between counts and row-normalised shares.
+
+# %%
+figures.confusion_figure(runs, normalise=False, selection=selection, buttons=True).show()
+
+# %% [markdown]
+# ## Training curves
+
+# %%
+for run in runs:
+    figures.curves_figure(run, selection=selection).show()
+
+# %% [markdown]
+# ## Attention
+
+# %%
+figures.attention_figure(runs).show()
+
+# %% [markdown]
+# ## Interactive explorer
+#
+# Needs a live kernel: pick runs, reference, epoch selection, one fold or all, classes, and counts or
+# row-normalised confusion matrices.
+
+# %%
+app = AnalysisApp(run_paths, selection=selection)
+app.display()

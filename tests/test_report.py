@@ -1,0 +1,145 @@
+"""The static HTML report: self-contained (plotly.js inline, nothing fetched) and, in a real headless
+Chromium, rendered without errors with working plotly buttons."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from plotly.offline import get_plotlyjs
+
+from nextpoi_lib import figures
+from runfixtures import make_fake_run
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_OUTPUT = REPO / "test-output"
+CHROMIUM = os.environ.get("NEXTPOI_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PROFILE_NOTE = "Produced by the test-cpu profile on a 2-core machine."
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report") / "outputs"
+    return [
+        make_fake_run(root, run_name="baseline", seeds=(0, 1), quality=0.55),
+        make_fake_run(root, run_name="better", seeds=(0, 1), quality=0.75, rng_seed=1),
+        make_fake_run(root, run_name="markov", seeds=(0, 1), quality=0.6, rng_seed=2, kind="baseline"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    return figures.write_report(runs, tmp_path_factory.mktemp("html") / "report.html",
+                                title="Toy comparison", profile_note=PROFILE_NOTE)
+
+
+# Figures in the report of `runs`: leaderboard, per-class, confusion, one curves figure per run, attention.
+N_FIGURES = 3 + 3 + 1
+
+
+def test_report_is_self_contained(report):
+    text = report.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text, re.I), "the report loads a script from elsewhere"
+    assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?https?://", text, re.I)
+    assert not re.search(r"<link[^>]*href\s*=\s*[\"']?https?://", text, re.I)
+    assert not re.search(r"@import\s+url\(\s*[\"']?https?://", text, re.I)
+    bundle = get_plotlyjs()
+    assert text.count(bundle) == 1, "plotly.js should be embedded exactly once"
+    assert text.replace(bundle, "").count("Plotly.newPlot(") == N_FIGURES
+
+
+def test_report_contents(report, runs):
+    text = report.read_text(encoding="utf-8")
+    assert "<title>Toy comparison</title>" in text
+    assert PROFILE_NOTE in text
+    assert "test-cpu" in text  # each run's manifest profile
+    leaderboard = re.search(r'<table class="leaderboard">.*?</table>', text, re.S).group(0)
+    assert leaderboard.count("<tr") == 1 + len(runs)
+    for name in ("baseline", "better", "markov"):
+        assert f"<td>{name}</td>" in leaderboard
+    for div in ("fig-leaderboard", "fig-per-class", "fig-confusion", "fig-curves-0", "fig-curves-2",
+                "fig-attention"):
+        assert f'id="{div}"' in text
+
+
+def test_report_is_written_atomically_and_replaced(runs, tmp_path):
+    target = tmp_path / "out" / "report.html"
+    target.parent.mkdir()
+    target.write_text("old")
+    path = figures.write_report(runs[:2], target)
+    assert path == target
+    assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"], "temporary file left behind"
+
+
+def test_report_refuses_runs_that_cannot_be_compared(runs, tmp_path):
+    other = make_fake_run(tmp_path / "outputs", dataset="elsewhere", run_name="x")
+    target = tmp_path / "report.html"
+    with pytest.raises(ValueError, match="different datasets"):
+        figures.write_report([runs[0], other], target)
+    assert not target.exists()
+
+
+# ------------------------------------------------------------------------------------------------ browser
+
+
+def launch_chromium(playwright):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set NEXTPOI_CHROMIUM)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+HEATMAP_TEXT = """() => {
+  const gd = document.getElementById('fig-confusion');
+  return Array.from(gd.querySelectorAll('.hm .heatmap-label text')).map(t => t.textContent);
+}"""
+
+
+@pytest.mark.browser
+def test_report_renders_in_chromium(report, runs):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    TEST_OUTPUT.mkdir(exist_ok=True)
+    problems = []
+    with sync_api.sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(report.as_uri())
+            page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {N_FIGURES} && "
+                                   f"document.querySelectorAll('.plotly .main-svg').length >= {N_FIGURES}",
+                                   timeout=60_000)
+            assert page.locator(".js-plotly-plot").count() == N_FIGURES
+            assert page.locator(".plotly .main-svg").count() >= N_FIGURES
+            assert page.locator("table.leaderboard tbody tr").count() == len(runs)
+            # Every bar of the leaderboard and per-class figures was drawn.
+            assert page.locator("#fig-per-class .point").count() == 2 * 3 * len(runs)
+
+            before = page.evaluate(HEATMAP_TEXT)
+            # 3 runs + difference, 3 × 3 cells each: integer counts (signed in the difference).
+            assert len(before) == 4 * 9 and all(re.fullmatch(r"[+-]?\d+", t) for t in before), before
+            z_before = page.evaluate("document.getElementById('fig-confusion').data[0].z")
+            page.locator("#fig-confusion .updatemenu-button", has_text="Row-normalised").click()
+            page.wait_for_function("document.getElementById('fig-confusion').layout.title.text.includes('row-normalised')",
+                                   timeout=10_000)
+            after = page.evaluate(HEATMAP_TEXT)
+            z_after = page.evaluate("document.getElementById('fig-confusion').data[0].z")
+            assert after != before
+            assert len(after) == 4 * 9 and all(re.fullmatch(r"[+-]?[01]\.\d\d", t) for t in after), after
+            np.testing.assert_allclose(np.sum(z_after, axis=1), 1.0)
+            z = np.asarray(z_before, dtype=float)
+            np.testing.assert_allclose(z_after, z / z.sum(axis=1, keepdims=True))
+            page.screenshot(path=str(TEST_OUTPUT / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not problems, "\n".join(problems)
+    outside = [u for u in requests if not u.startswith("file://") and not u.startswith("data:")]
+    assert not outside, f"the report fetched {outside}"
