@@ -1,0 +1,778 @@
+"""Batch runs: this module owns executing the experiment notebook once per parameter file.
+
+`run_batch` executes `notebooks/experiment.ipynb` through papermill's Python API, one execution per parameter
+file, locally (a pool of workers, one GPU each) or as Ray tasks, and `nextpoi batch` / `nextpoi report` are its
+command line. It also owns how the notebook's parameters resolve into an `ExperimentConfig`
+(`experiment_config`, `notebook_config`), so the batch validates exactly the config the notebook will run.
+
+Before anything trains, every parameter file is resolved and validated (`load_config`); a file with an unknown
+key or an invalid value is recorded as failed with its message and the others still run. A file whose run
+folder is already complete is skipped (resume); a folder that exists but is not a complete run is replaced.
+
+Files under `output_root` (`<dataset>` is the config's dataset folder, `<name>` the run name):
+
+* `<dataset>/<name>/notebook.ipynb` -- the executed notebook of a successful run, copied atomically into the
+  run folder (temporary name, then `os.replace`) after the notebook finished;
+* `<dataset>/.running/<name>.ipynb` -- the notebook while it executes (papermill saves it after every cell and
+  every 30 s within a long cell: open it to follow a run); removed when the run succeeded;
+* `<dataset>/.failed/<name>.ipynb` -- the executed notebook of a failed experiment, traceback included (a later
+  successful run of the same name removes it);
+* `batch-summary.json` -- one entry per parameter file (status, error message, run folder, notebook, timings),
+  written atomically at the end of each batch (and after each finished experiment, so it is never stale).
+
+Hidden folders (`.running`, `.failed`, `.cache`) are ignored by everything that lists runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import datetime as dt
+import json
+import os
+import queue
+import re
+import shutil
+import sys
+import threading
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import yaml
+
+from .config import ConfigError, ExperimentConfig, deep_merge, load_config, read_yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_PATH = PACKAGE_ROOT / "notebooks" / "experiment.ipynb"
+PARAMETERS_DIR = PACKAGE_ROOT / "parameters"
+PROFILES_DIR = PARAMETERS_DIR / "profiles"
+SUMMARY_FILE = "batch-summary.json"
+
+# Top-level config keys the notebook takes as variables. `profile` is not among them: in the notebook it names
+# the profile file to apply, and the config's `profile` key records that file's name.
+SECTION_NAMES = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if f.name != "profile")
+NOTEBOOK_OPTIONS = ("parameter_files", "extends", "profile", "output_root", "overwrite")
+PAPERMILL_COMMENT = "# Parameters"  # first line of the cell papermill injects (papermill's default comment)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters -> config (shared by the notebook and the batch)
+
+
+def _parameters_file(name: str | os.PathLike) -> Path:
+    """A file named relative to `parameters/`: of the current folder when it has one, else of this checkout."""
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    local = Path("parameters") / path
+    return local if local.exists() else PARAMETERS_DIR / path
+
+
+def resolve_profile(profile: str | os.PathLike | None, gpu_visible: bool | None = None) -> Path | None:
+    """The profile file for `profile`: None, "auto" (gpu.yaml when a CUDA GPU is visible, else cpu.yaml), a bare
+    name such as "cpu" (parameters/profiles/cpu.yaml) or a path."""
+    if profile is None or str(profile) == "":
+        return None
+    text = str(profile)
+    if text == "auto":
+        if gpu_visible is None:
+            gpu_visible = len(visible_gpus()) > 0
+        text = "gpu" if gpu_visible else "cpu"
+    path = Path(text)
+    if path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
+        path = _parameters_file(Path("profiles") / f"{text}.yaml")
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"Profile {str(profile)!r} does not exist (looked for {str(path)!r}). Give a path, 'auto', "
+                          f"or one of: {', '.join(known) or '(none found)'}.")
+    return path
+
+
+def experiment_config(parameter_files: Sequence[str | os.PathLike] = (), extends=None,
+                      sections: dict[str, Any] | None = None, profile: str | os.PathLike | None = None,
+                      output_root: str | os.PathLike | None = None, overwrite: bool = False,
+                      gpu_visible: bool | None = None) -> ExperimentConfig:
+    """The config the experiment notebook runs. Layers, later wins: library defaults <- `parameter_files` (left to
+    right; the run name defaults to the last file's stem, as with `nextpoi run`) <- `extends` (names relative to
+    parameters/, like a file's `extends:` key) <- `sections` (top-level keys given inline) <- the `profile` file
+    (never changes the run name; its name is recorded in `config.profile`) <- `output_root` / `overwrite`.
+    Raises ConfigError naming the key, as `load_config` does."""
+    if isinstance(parameter_files, (str, os.PathLike)):
+        parameter_files = [parameter_files]
+    layers: list[Any] = [Path(f) for f in parameter_files]
+    if extends:
+        base: dict[str, Any] = {}
+        for name in [extends] if isinstance(extends, (str, os.PathLike)) else extends:
+            base = deep_merge(base, read_yaml(_parameters_file(name)))
+        layers.append(base)  # as a dict: an extended file does not name the run
+    if sections:
+        layers.append(dict(sections))
+    profile_path = resolve_profile(profile, gpu_visible)
+    if profile_path is not None:
+        layers.append(read_yaml(profile_path))  # as a dict: a profile does not name the run
+    overrides: dict[str, Any] = {}
+    if output_root:
+        overrides.setdefault("output", {})["root"] = str(output_root)
+    if overwrite:
+        overrides.setdefault("output", {})["overwrite"] = True
+    config = load_config(*layers, overrides=overrides)
+    if profile_path is not None:
+        config.profile = profile_path.stem
+    return config
+
+
+_executed_cells: list[str] = []
+
+
+def _record_cell(info) -> None:
+    _executed_cells.append(getattr(info, "raw_cell", "") or "")
+
+
+def watch_injected_parameters() -> None:
+    """Record the source of every cell this kernel runs from now on (IPython's pre_run_cell event), so that
+    `injected_parameter_names` sees papermill's cell also when the executor keeps no input history (nbval runs
+    cells with store_history=False). The experiment notebook calls this in its first cell."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython ships with ipykernel
+        return
+    shell = get_ipython()
+    if shell is not None and _record_cell not in shell.events.callbacks["pre_run_cell"]:
+        shell.events.register("pre_run_cell", _record_cell)
+
+
+def injected_parameter_names() -> set[str] | None:
+    """Names papermill injected into this kernel (its "# Parameters" cell, placed after the parameters cell), read
+    from the cells recorded by `watch_injected_parameters`, else from IPython's input history; an empty set when
+    nothing was injected, None outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython ships with ipykernel
+        return None
+    shell = get_ipython()
+    if shell is None:
+        return None
+    if _record_cell in shell.events.callbacks["pre_run_cell"]:
+        history = list(_executed_cells)
+    else:
+        history = list(shell.user_ns.get("In") or getattr(shell.history_manager, "input_hist_raw", []))
+    for source in reversed(history):
+        lines = (source or "").lstrip().splitlines()
+        if lines and lines[0].strip() == PAPERMILL_COMMENT:
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                continue
+            return {target.id for node in tree.body if isinstance(node, ast.Assign)
+                    for target in node.targets if isinstance(target, ast.Name)}
+    return set()
+
+
+@dataclass
+class NotebookConfig:
+    config: ExperimentConfig
+    layers: list[str]
+
+    def describe(self) -> str:
+        yaml_text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+        return ("Layers (later wins): " + " <- ".join(["library defaults", *self.layers]) + "\n\n"
+                + f"Resolved configuration of run {self.config.name!r}:\n{yaml_text}")
+
+
+def notebook_config(namespace: dict[str, Any], injected: set[str] | None = None) -> NotebookConfig:
+    """Resolve the experiment notebook's parameters (its global variables) into the config to run.
+
+    When papermill injected any config section (-f/-y/-p), only the injected sections are layered, so
+    `-f parameters/X.yaml` gives exactly the config of `nextpoi run parameters/X.yaml`. Otherwise, when
+    `parameter_files` or `extends` are set (the batch runner injects parameter_files), the files alone define the
+    experiment; and with neither, the notebook's own section values (a tiny CPU-sized experiment) are used --
+    also when only options such as `profile` or `output_root` were injected."""
+    if injected is None:
+        injected = injected_parameter_names() or set()
+    injected = {name for name in injected if not name.startswith("PAPERMILL_")}
+    parameter_files = list(namespace.get("parameter_files") or [])
+    extends = namespace.get("extends")
+    # Anything injected that is not a notebook option is a config key: a typo then fails with load_config's message.
+    injected_sections = [name for name in SECTION_NAMES if name in injected]
+    injected_sections += sorted(injected - set(SECTION_NAMES) - set(NOTEBOOK_OPTIONS))
+    if injected_sections:
+        given, origin = injected_sections, "injected sections"
+    elif parameter_files or extends:
+        given, origin = [], ""
+    else:
+        given, origin = list(SECTION_NAMES), "notebook defaults"
+    sections = {name: namespace.get(name) for name in given}
+    profile = namespace.get("profile")
+    layers = [str(f) for f in parameter_files]
+    if extends:
+        layers.append(f"extends {extends}")
+    if sections:
+        layers.append(f"{origin} ({', '.join(sections)})")
+    profile_path = resolve_profile(profile)
+    if profile_path is not None:
+        layers.append(f"profile {profile_path}")
+    if namespace.get("output_root") or namespace.get("overwrite"):
+        layers.append("output_root/overwrite")
+    config = experiment_config(parameter_files, extends, sections, profile_path, namespace.get("output_root"),
+                               bool(namespace.get("overwrite")))
+    return NotebookConfig(config=config, layers=layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices
+
+
+def visible_gpus() -> list[str]:
+    """CUDA devices this process may use, as values for CUDA_VISIBLE_DEVICES (ids or UUIDs)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return []
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+def _kernel_manager_class(extra_env: dict[str, str]):
+    """A kernel manager that starts the kernel with `extra_env` added to this process's environment (set before
+    the kernel starts, so CUDA sees only the assigned GPU). A class per execution: thread-safe, no os.environ."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class EnvironmentKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            env = dict(kw.pop("env", None) or os.environ)
+            env.update(extra_env)
+            return await super().start_kernel(env=env, **kw)
+
+    return EnvironmentKernelManager
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+
+
+@dataclass
+class ExperimentOutcome:
+    parameter_file: str
+    status: str  # "done", "skipped" or "failed"
+    name: str | None = None
+    dataset: str | None = None
+    stage: str | None = None  # for failures: "validation" or "execution"
+    error: str | None = None
+    run_dir: str | None = None
+    notebook: str | None = None  # executed notebook: in the run folder, or under .failed/
+    gpu: str | None = None  # CUDA_VISIBLE_DEVICES of the kernel
+    started_at: str | None = None
+    finished_at: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class BatchSummary:
+    experiments: list[ExperimentOutcome]
+    output_root: str
+    profile: str | None  # profile file applied to every experiment
+    backend: str
+    workers: int | None
+    started_at: str
+    finished_at: str | None = None
+    duration_seconds: float | None = None
+    summary_path: str | None = None
+
+    def _count(self, status: str) -> list[ExperimentOutcome]:
+        return [e for e in self.experiments if e.status == status]
+
+    @property
+    def done(self) -> list[ExperimentOutcome]:
+        return self._count("done")
+
+    @property
+    def failed(self) -> list[ExperimentOutcome]:
+        return self._count("failed")
+
+    @property
+    def skipped(self) -> list[ExperimentOutcome]:
+        return self._count("skipped")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def counts(self) -> dict[str, int]:
+        return {"done": len(self.done), "failed": len(self.failed), "skipped": len(self.skipped),
+                "total": len(self.experiments)}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("summary_path")
+        data["counts"] = self.counts()
+        return data
+
+    def table(self, width: int = 100) -> str:
+        """Plain-text table, one line per parameter file (errors shortened to their first line)."""
+        rows = [("parameter file", "run", "status", "time", "run folder / error")]
+        for e in self.experiments:
+            detail = (e.error or "").strip().splitlines()[0] if e.status == "failed" and e.error else (e.run_dir or "")
+            if e.status == "failed" and e.stage:
+                detail = f"[{e.stage}] {detail}"
+            if len(detail) > width:
+                detail = detail[: width - 3] + "..."
+            seconds = f"{e.seconds:.0f}s" if e.seconds is not None else "-"
+            rows.append((e.parameter_file, e.name or "-", e.status, seconds, detail))
+        widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+        lines = ["  ".join(str(value).ljust(widths[i]) for i, value in enumerate(row[:4])) + "  " + row[4]
+                 for row in rows]
+        lines.insert(1, "-" * min(max(len(line) for line in lines), 160))
+        c = self.counts()
+        lines.append(f"{c['done']} done, {c['failed']} failed, {c['skipped']} skipped of {c['total']}"
+                     + (f" in {self.duration_seconds:.0f}s" if self.duration_seconds is not None else "")
+                     + (f"; profile {Path(self.profile).stem}" if self.profile else "; no profile"))
+        return "\n".join(lines)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    temporary.write_text(json.dumps(data, indent=2))
+    os.replace(temporary, path)
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    temporary = target.parent / f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _error_message(error: BaseException) -> str:
+    ename, evalue = getattr(error, "ename", None), getattr(error, "evalue", None)
+    if ename:  # papermill's PapermillExecutionError: the exception raised inside the notebook
+        cell = getattr(error, "exec_count", None)
+        return _ANSI.sub("", f"{ename}: {evalue}" + (f" (notebook cell [{cell}])" if cell else ""))
+    return _ANSI.sub("", f"{type(error).__name__}: {error}")
+
+
+# --------------------------------------------------------------------------------------------------
+# One execution (runs in a worker thread, or in a Ray worker process)
+
+
+def execute_experiment(task: dict[str, Any]) -> dict[str, Any]:
+    """Execute the experiment notebook for one parameter file; never raises. `task` holds the notebook (node),
+    the papermill parameters, the paths, the kernel name, the cell timeout and extra kernel environment."""
+    import papermill
+
+    started, started_at = time.perf_counter(), _now()
+    running, failed = Path(task["running_notebook"]), Path(task["failed_notebook"])
+    run_dir = Path(task["run_dir"])
+    extra_env = dict(task.get("env") or {})
+    if task.get("gpu_from_ray"):
+        import ray
+
+        gpu_ids = ray.get_gpu_ids()
+        if gpu_ids:
+            extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+    outcome = {"started_at": started_at, "gpu": extra_env.get("CUDA_VISIBLE_DEVICES")}
+    running.parent.mkdir(parents=True, exist_ok=True)
+    cwd = task.get("cwd")
+    try:
+        papermill.execute_notebook(
+            copy.deepcopy(task["notebook"]), str(running), parameters=task["parameters"],
+            kernel_name=task["kernel_name"], progress_bar=False, log_output=False,
+            execution_timeout=task["cell_timeout"], cwd=cwd if cwd and Path(cwd).is_dir() else None,
+            kernel_manager_class=_kernel_manager_class(extra_env))
+        from .runs import is_complete
+
+        if not is_complete(run_dir):
+            raise RuntimeError(f"the notebook finished but {run_dir} is not a complete run folder")
+    except Exception as error:  # failure isolation: record it, keep the executed notebook, go on
+        outcome.update(status="failed", stage="execution", error=_error_message(error))
+        if running.exists():
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(running, failed)
+            outcome["notebook"] = str(failed)
+    else:
+        target = run_dir / "notebook.ipynb"
+        _copy_atomic(running, target)
+        running.unlink(missing_ok=True)
+        failed.unlink(missing_ok=True)  # an earlier failure of this run is superseded
+        outcome.update(status="done", notebook=str(target))
+    outcome.update(finished_at=_now(), seconds=round(time.perf_counter() - started, 2))
+    return outcome
+
+
+# --------------------------------------------------------------------------------------------------
+# The batch
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError("backend='ray' needs Ray, an optional extra: pip install 'ray' (or pip install "
+                          "'nextpoi[ray]'), or use backend='local'.") from error
+    return ray
+
+
+class _Reporter:
+    """Plain progress lines (usable in logs): one when an experiment starts or ends, with the running counts."""
+
+    def __init__(self, enabled: bool, total: int, stream=None):
+        self.enabled, self.total = enabled, total
+        self.stream = stream or sys.stdout
+        self.counts = {"done": 0, "failed": 0, "skipped": 0}
+        self.lock = threading.Lock()
+
+    def line(self, message: str) -> None:
+        if self.enabled:
+            with self.lock:
+                print(f"[batch {dt.datetime.now().strftime('%H:%M:%S')}] {message}", file=self.stream, flush=True)
+
+    def finished(self, outcome: ExperimentOutcome) -> None:
+        with self.lock:
+            self.counts[outcome.status] += 1
+            counts = dict(self.counts)
+        pending = self.total - sum(counts.values())
+        detail = outcome.run_dir if outcome.status != "failed" else f"{outcome.stage}: {outcome.error}"
+        timing = f" in {outcome.seconds:.0f}s" if outcome.seconds is not None and outcome.status != "skipped" else ""
+        self.line(f"{outcome.status} {outcome.name or outcome.parameter_file}{timing} ({detail}) | "
+                  f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped, {pending} pending")
+
+
+def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.PathLike | None = None,
+              output_root: str | os.PathLike = "outputs", workers: int | None = None, backend: str = "local",
+              ray_address: str | None = None, cell_timeout: int | None = 3600, kernel_name: str = "python3",
+              overwrite: bool = False, progress: bool = True, notebook: str | os.PathLike | None = None,
+              stream=None) -> BatchSummary:
+    """Execute the experiment notebook once per parameter file; returns the summary (also written to
+    `<output_root>/batch-summary.json` and, with `progress`, printed as a table).
+
+    `profile`: None, "auto" (parameters/profiles/gpu.yaml when a CUDA GPU is visible -- on the Ray cluster for
+    backend="ray" -- else cpu.yaml), a profile name or a path, applied last to every file. `workers` (local):
+    parallel executions, default the number of visible GPUs (each kernel gets one via CUDA_VISIBLE_DEVICES), or
+    1 on CPU; with Ray it caps the tasks in flight (default: as many as the cluster schedules). `cell_timeout`:
+    seconds one notebook cell may run (papermill's execution_timeout; None: no limit). `overwrite`: re-run and
+    replace complete runs instead of skipping them.
+    """
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend={backend!r} must be 'local' or 'ray'.")
+    batch_started, started_at = time.perf_counter(), _now()
+    stream = stream or sys.stdout
+    parameter_files = [str(f) for f in parameter_files]
+    output_root = Path(output_root).resolve()
+    reporter = _Reporter(progress, len(parameter_files), stream)
+
+    ray = None
+    started_ray = False
+    if backend == "ray":
+        ray = _import_ray()
+        if not ray.is_initialized():
+            ray.init(address=ray_address or None)
+            started_ray = True
+    try:
+        if backend == "ray":
+            gpu_count = int(ray.cluster_resources().get("GPU", 0))
+            gpus: list[str] = []
+        else:
+            gpus = visible_gpus()
+            gpu_count = len(gpus)
+        profile_path = resolve_profile(profile, gpu_visible=gpu_count > 0) if profile is not None else None
+        if backend == "local" and workers is None:
+            workers = max(1, gpu_count)
+        reporter.line(f"{len(parameter_files)} parameter files, profile "
+                      f"{profile_path if profile_path else 'none'}, backend {backend}"
+                      + (f", {workers} workers" if workers else "")
+                      + (f", {gpu_count} GPUs" if gpu_count else ", CPU only") + f", output {output_root}")
+
+        summary = BatchSummary(experiments=[], output_root=str(output_root),
+                               profile=str(profile_path) if profile_path else None, backend=backend,
+                               workers=workers, started_at=started_at)
+        summary_path = output_root / SUMMARY_FILE
+        summary.summary_path = str(summary_path)
+
+        # --- validate every file before anything runs
+        from .runs import is_complete, run_directory
+
+        outcomes: list[ExperimentOutcome] = []
+        pending: list[tuple[ExperimentOutcome, dict[str, Any]]] = []
+        claimed: dict[Path, str] = {}
+        nb_node = _read_notebook(notebook)
+        for parameter_file in parameter_files:
+            outcome = ExperimentOutcome(parameter_file=parameter_file, status="pending")
+            outcomes.append(outcome)
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    config = experiment_config([parameter_file], profile=profile_path, output_root=output_root,
+                                               overwrite=overwrite)
+            except (ConfigError, OSError, ValueError) as error:
+                outcome.status, outcome.stage, outcome.error = "failed", "validation", str(error)
+                reporter.finished(outcome)
+                continue
+            for warning in caught:
+                reporter.line(f"warning for {parameter_file}: {warning.message}")
+            run_dir = run_directory(config).resolve()
+            outcome.name, outcome.dataset, outcome.run_dir = config.name, config.dataset_name(), str(run_dir)
+            if run_dir in claimed:
+                outcome.status, outcome.stage = "failed", "validation"
+                outcome.error = (f"{parameter_file} writes the same run folder {run_dir} as {claimed[run_dir]}: give "
+                                 f"one of them another name (name: ...).")
+                reporter.finished(outcome)
+                continue
+            claimed[run_dir] = parameter_file
+            if is_complete(run_dir) and not overwrite:
+                outcome.status = "skipped"
+                notebook_file = run_dir / "notebook.ipynb"
+                outcome.notebook = str(notebook_file) if notebook_file.exists() else None
+                reporter.finished(outcome)
+                continue
+            replace = overwrite or run_dir.exists()  # a folder that is not a complete run is re-run in place
+            if run_dir.exists() and not overwrite:
+                reporter.line(f"{config.name}: {run_dir} exists but is not a complete run; it will be replaced")
+            pending.append((outcome, {
+                "notebook": nb_node,
+                "parameters": {"parameter_files": [str(Path(parameter_file).resolve())],
+                               "profile": str(profile_path.resolve()) if profile_path else None,
+                               "output_root": str(output_root), "overwrite": bool(replace)},
+                "running_notebook": str(run_dir.parent / ".running" / f"{config.name}.ipynb"),
+                "failed_notebook": str(run_dir.parent / ".failed" / f"{config.name}.ipynb"),
+                "run_dir": str(run_dir), "kernel_name": kernel_name, "cell_timeout": cell_timeout,
+                "cwd": os.getcwd(), "env": {},
+            }))
+
+        record_lock = threading.Lock()
+
+        def record(outcome: ExperimentOutcome, result: dict[str, Any]) -> None:
+            with record_lock:
+                for key, value in result.items():
+                    setattr(outcome, key, value)
+                reporter.finished(outcome)
+                _write_json_atomic(summary_path, _snapshot(summary, outcomes, batch_started))
+
+        if pending:
+            if backend == "local":
+                _run_local(pending, workers or 1, gpus, reporter, record)
+            else:
+                _run_ray(ray, pending, workers, gpu_count, reporter, record)
+
+        summary.experiments = outcomes
+        summary.finished_at = _now()
+        summary.duration_seconds = round(time.perf_counter() - batch_started, 2)
+        _write_json_atomic(summary_path, summary.to_dict())
+        if progress:
+            print(summary.table(), file=stream, flush=True)
+            print(f"Summary: {summary_path}", file=stream, flush=True)
+        return summary
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _snapshot(summary: BatchSummary, outcomes: list[ExperimentOutcome], started: float) -> dict[str, Any]:
+    partial = dataclasses.replace(summary, experiments=list(outcomes),
+                                  duration_seconds=round(time.perf_counter() - started, 2))
+    return partial.to_dict()
+
+
+def _read_notebook(path: str | os.PathLike | None):
+    import nbformat
+
+    path = Path(path) if path else NOTEBOOK_PATH
+    if not path.is_file():
+        raise FileNotFoundError(f"The experiment notebook {path} does not exist (generate it from "
+                                f"notebooks/experiment.py with: jupytext --to ipynb notebooks/experiment.py).")
+    return nbformat.read(path, as_version=4)
+
+
+def _run_local(pending, workers: int, gpus: list[str], reporter: _Reporter, record: Callable) -> None:
+    """A thread per worker; each execution starts its own kernel process with its GPU (or CPU threads) set."""
+    slots: queue.Queue = queue.Queue()
+    for index in range(workers):
+        slots.put(index)
+    cpu_threads = None
+    if not gpus and workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # Parallel CPU kernels would each start one thread per core; share the cores instead.
+        cpu_threads = str(max(1, (os.cpu_count() or 1) // workers))
+
+    def work(outcome: ExperimentOutcome, task: dict[str, Any]) -> None:
+        slot = slots.get()
+        try:
+            task = dict(task, env=dict(task["env"]))
+            if gpus:
+                task["env"]["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+            elif cpu_threads:
+                task["env"].update(OMP_NUM_THREADS=cpu_threads, MKL_NUM_THREADS=cpu_threads)
+            where = f"GPU {task['env']['CUDA_VISIBLE_DEVICES']}" if gpus else "CPU"
+            reporter.line(f"start {outcome.name} ({outcome.parameter_file}) on {where}")
+            try:
+                result = execute_experiment(task)
+            except Exception as error:  # pragma: no cover - execute_experiment does not raise
+                result = {"status": "failed", "stage": "execution", "error": _error_message(error)}
+            record(outcome, result)  # before the slot is free, so the log reads in order
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nextpoi-batch") as pool:
+        futures = [pool.submit(work, outcome, task) for outcome, task in pending]
+        remaining = set(futures)
+        try:
+            while remaining:
+                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+        except KeyboardInterrupt:
+            # Ctrl-C: start nothing more (the running kernels received the interrupt too), then stop.
+            for future in remaining:
+                future.cancel()
+            reporter.line("interrupted: no further experiments start; waiting for the running ones to stop")
+            raise
+
+
+def _run_ray(ray, pending, workers: int | None, gpu_count: int, reporter: _Reporter, record: Callable) -> None:
+    """One Ray task per experiment (num_gpus=1 when the cluster has GPUs), writing to the shared output folder."""
+    remote = ray.remote(execute_experiment).options(num_gpus=1 if gpu_count else 0, num_cpus=1, max_retries=0)
+    queue_ = list(pending)
+    in_flight: dict[Any, ExperimentOutcome] = {}
+    limit = workers or len(queue_)
+    while queue_ or in_flight:
+        while queue_ and len(in_flight) < limit:
+            outcome, task = queue_.pop(0)
+            task = dict(task, gpu_from_ray=bool(gpu_count))
+            reporter.line(f"submit {outcome.name} ({outcome.parameter_file}) to Ray"
+                          + (" with 1 GPU" if gpu_count else " (CPU)"))
+            in_flight[remote.remote(task)] = outcome
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        for reference in ready:
+            outcome = in_flight.pop(reference)
+            try:
+                result = ray.get(reference)
+            except Exception as error:  # a worker that died: record it, the others go on
+                result = {"status": "failed", "stage": "execution", "error": _error_message(error)}
+            record(outcome, result)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: nextpoi batch, nextpoi report
+
+
+def command_batch(args) -> int:
+    summary = run_batch(args.parameter_files, profile=args.profile, output_root=args.output_root or "outputs",
+                        workers=args.workers, backend=args.backend, ray_address=args.ray_address,
+                        cell_timeout=args.cell_timeout or None, kernel_name=args.kernel, overwrite=args.overwrite,
+                        progress=True)
+    return 0 if summary.ok else 1
+
+
+def profile_note(run_paths: Sequence[str | os.PathLike]) -> str:
+    """Which profile produced the runs, from their manifests, with the profile file's own description."""
+    by_profile: dict[str | None, list[str]] = {}
+    for path in run_paths:
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+        by_profile.setdefault(manifest.get("profile"), []).append(manifest.get("run_name") or Path(path).name)
+    parts = []
+    for name, names in by_profile.items():
+        runs_text = ", ".join(names)
+        if not name:
+            parts.append(f"Runs {runs_text}: no profile (the parameter files' own settings).")
+            continue
+        description = ""
+        profile_file = _parameters_file(Path("profiles") / f"{name}.yaml")
+        if profile_file.is_file():
+            comments = [line.lstrip("#").strip() for line in profile_file.read_text().splitlines()
+                        if line.startswith("#")]
+            description = " ".join(c for c in comments if c)
+        parts.append(f"Runs {runs_text}: profile {name!r}" + (f" ({profile_file})" if profile_file.is_file() else "")
+                     + (f" -- {description}" if description else "."))
+    if len(by_profile) > 1:
+        parts.append("These runs come from different profiles: compare them with care.")
+    return " ".join(parts)
+
+
+def command_report(args) -> int:
+    from . import figures
+    from .runs import is_complete
+
+    output_root = Path(args.output_root or "outputs")
+    if args.run_dirs:
+        run_paths = [Path(p) for p in args.run_dirs]
+        incomplete = [str(p) for p in run_paths if not is_complete(p)]
+        if incomplete:
+            print(f"error: not complete run folders (no manifest.json with status complete): {', '.join(incomplete)}.",
+                  file=sys.stderr)
+            return 2
+    else:
+        run_paths = figures.discover_runs(output_root)
+        if not run_paths:
+            print(f"error: no complete runs under {str(output_root)!r}. Run experiments first (nextpoi batch "
+                  f"parameters/*.yaml), or name run folders.", file=sys.stderr)
+            return 2
+    by_dataset: dict[str, list[Path]] = {}
+    for path in run_paths:
+        dataset = json.loads((path / "manifest.json").read_text()).get("dataset") or path.parent.name
+        by_dataset.setdefault(dataset, []).append(path)
+    if args.output and len(by_dataset) > 1:
+        print(f"error: the runs come from several datasets ({', '.join(sorted(by_dataset))}); a report covers one. "
+              f"Name the run folders of one dataset, or leave out --output to get one report per dataset.",
+              file=sys.stderr)
+        return 2
+    for dataset, paths in sorted(by_dataset.items()):
+        if args.output:
+            output = Path(args.output)
+        elif len(by_dataset) == 1:
+            output = output_root / "report.html"
+        else:
+            output = output_root / f"report-{dataset}.html"
+        note = profile_note(paths)
+        profiles = sorted({str(json.loads((p / "manifest.json").read_text()).get("profile")) for p in paths})
+        title = f"nextpoi report: {dataset} (profile {', '.join(profiles)})"
+        figures.write_report(paths, output, title=title, profile_note=note)
+        print(f"Report of {len(paths)} runs of {dataset} -> {output}")
+        print(note)
+    return 0
+
+
+def add_batch_commands(subparsers) -> None:
+    """Add `nextpoi batch` and `nextpoi report` (called by cli.build_parser)."""
+    batch = subparsers.add_parser(
+        "batch", help="Execute the experiment notebook once per parameter file (resumable, failures isolated).",
+        description="Execute notebooks/experiment.ipynb once per parameter file with papermill. Complete runs are "
+                    "skipped; a failing experiment is recorded (batch-summary.json, its notebook under "
+                    "<output-root>/<dataset>/.failed/) and the others still run. Exit status 1 when any failed.")
+    batch.add_argument("parameter_files", nargs="+", help="YAML parameter files, e.g. parameters/A.yaml")
+    batch.add_argument("--profile", help="a parameters/profiles file (path or name: cpu, gpu) applied last, or "
+                                         "'auto': gpu when a CUDA GPU is visible, else cpu")
+    batch.add_argument("--workers", type=int, help="parallel executions (default: number of visible GPUs, 1 on CPU)")
+    batch.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="local worker pool, or Ray tasks (pip install ray)")
+    batch.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
+    batch.add_argument("--cell-timeout", type=int, default=3600,
+                       help="seconds one notebook cell may run (default 3600; 0: no limit)")
+    batch.add_argument("--output-root", help="folder for run folders (default: outputs)")
+    batch.add_argument("--overwrite", action="store_true", help="re-run and replace complete runs")
+    batch.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    batch.set_defaults(handler=command_batch)
+
+    report = subparsers.add_parser("report", help="Write the HTML report over complete runs.",
+                                   description="Write a self-contained HTML report (leaderboard, per-class metrics, "
+                                               "confusion matrices, curves) over the complete runs, saying which "
+                                               "profile produced them.")
+    report.add_argument("run_dirs", nargs="*", help="run folders (default: every complete run under --output-root)")
+    report.add_argument("--output-root", help="folder holding the run folders (default: outputs)")
+    report.add_argument("--output", help="HTML file to write (default: <output-root>/report.html)")
+    report.set_defaults(handler=command_report)
