@@ -3,6 +3,7 @@
 #   ./nextpoi.sh main   set up, run baseline + A-D on the embedded dataset, write outputs/report.html
 #   ./nextpoi.sh test   set up (with test tools), run the whole test suite
 #   ./nextpoi.sh setup  only set up the virtual environment (.venv, or $NEXTPOI_VENV)
+#   ./nextpoi.sh results  the runs behind docs/results.md (baselines, recommended, baseline, A-D) + report
 # Set NEXTPOI_PYTHON to the python of an existing environment (e.g. a conda env with a CUDA torch) to use it
 # instead of creating .venv.
 set -euo pipefail
@@ -64,17 +65,34 @@ case "${1:-}" in
     setup no
     shift
     # Full settings on a GPU, the quick CPU profile otherwise (the report says which one produced the runs).
+    # One BLAS thread per process: on a small shared CPU more threads slow these tiny models down.
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     status=0
     nextpoi batch parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
       --profile auto "$@" || status=$?
     nextpoi report --output outputs/report.html
     echo "== report: outputs/report.html"
     exit $status ;;
+  results)
+    setup no
+    shift
+    # Full settings on a GPU; on a CPU-only machine the cpu-results profile (5 epochs, one seed).
+    profile=parameters/profiles/cpu-results.yaml
+    if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then profile=parameters/profiles/gpu.yaml; fi
+    for file in parameters/baselines/*.yaml parameters/recommended.yaml parameters/recommended_category_only.yaml \
+                parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml; do
+      case "$file" in
+        parameters/baselines/*) nextpoi run "$file" --output-root outputs/results "$@" || exit $? ;;
+        *) nextpoi run "$file" --profile "$profile" --output-root outputs/results "$@" || exit $? ;;
+      esac
+    done
+    nextpoi report --output-root outputs/results --output outputs/results/report.html
+    exit 0 ;;
   test)
     setup yes
     ensure_chromium
     shift
     "$PY" -m pytest -q "$@" ;;
   *)
-    sed -n '2,8p' "$0"; exit 2 ;;
+    sed -n '2,9p' "$0"; exit 2 ;;
 esac

@@ -14,6 +14,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from .config import ExperimentConfig
 from .folds import FoldManifest
+from .metrics import fit_bias_offsets
 from .windows import WindowSet
 
 
@@ -125,7 +126,10 @@ def window_feature_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:
 
 
 class GradientBoostedTrees:
-    """scikit-learn HistGradientBoostingClassifier on window features (category columns as categorical)."""
+    """scikit-learn HistGradientBoostingClassifier on window features (category columns as categorical).
+
+    Without early stopping or feature subsampling it draws no random numbers: one fit per fold serves every seed.
+    """
 
     def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0):
         self.max_iter, self.learning_rate, self.seed = max_iter, learning_rate, seed
@@ -154,6 +158,14 @@ class GradientBoostedTrees:
     def predict(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
         return self.model.predict(self._prepare(window_feature_matrix(windows, index)))
 
+    def predict_log_probability(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
+        """[n, C] log-probabilities over all classes (a class absent from training gets -inf)."""
+        probability = self.model.predict_proba(self._prepare(window_feature_matrix(windows, index)))
+        full = np.zeros((len(index), len(windows.classes)))
+        full[:, self.model.classes_] = probability
+        with np.errstate(divide="ignore"):
+            return np.log(full)
+
 
 BASELINE_REGISTRY = {
     "majority": lambda config, seed: MajorityClass(),
@@ -165,20 +177,38 @@ BASELINE_REGISTRY = {
 }
 
 
+def fit_and_predict(config: ExperimentConfig, windows: WindowSet, fold, seed: int):
+    """Fit on the fold's training windows; predictions on its test windows (and calibrated ones)."""
+    model = BASELINE_REGISTRY[config.model.name](config, seed).fit(windows, fold.train_index)
+    predicted = np.asarray(model.predict(windows, fold.test_index), dtype=np.int64)
+    predictions = {"selected": predicted, "last": predicted}
+    offsets = None
+    if config.training.bias_calibration and hasattr(model, "predict_log_probability"):
+        # Same post-hoc offsets as for neural heads: fitted on the inner validation users only.
+        validation = np.maximum(model.predict_log_probability(windows, fold.inner_val_index), -1e9)
+        offsets = fit_bias_offsets(validation, windows.target[fold.inner_val_index])
+        test = np.maximum(model.predict_log_probability(windows, fold.test_index), -1e9)
+        predictions["calibrated"] = np.argmax(test + offsets, axis=1)
+    return predictions, offsets
+
+
 def run_baseline(config: ExperimentConfig, windows: WindowSet, fold_manifest: FoldManifest, progress=print):
     """Fit on each fold's training windows, predict its test windows; same result shape as the engine."""
     from .engine import CrossValidationResult, FoldResult
 
-    results = []
+    results, fitted = [], {}
     for seed in config.training.seeds:
         for fold in fold_manifest.folds:
             started = time.perf_counter()
-            model = BASELINE_REGISTRY[config.model.name](config, seed).fit(windows, fold.train_index)
-            predicted = np.asarray(model.predict(windows, fold.test_index), dtype=np.int64)
+            # These baselines draw no random numbers: fit each fold once and repeat it for every seed, so
+            # seed-paired comparisons with neural runs still find their pairs.
+            if fold.fold not in fitted:
+                fitted[fold.fold] = fit_and_predict(config, windows, fold, seed)
+            predictions, offsets = fitted[fold.fold]
             target = windows.target[fold.test_index]
             results.append(FoldResult(seed=seed, fold=fold.fold, curves=[], selected_epoch=0, last_epoch=0,
-                                      test_target=target, predictions={"selected": predicted, "last": predicted},
+                                      test_target=target, predictions=dict(predictions), bias_offsets=offsets,
                                       seconds=time.perf_counter() - started))
             progress(f"[seed {seed} fold {fold.fold + 1}/{len(fold_manifest.folds)}] {config.model.name}: test accuracy "
-                     f"{(predicted == target).mean():.4f}")
+                     f"{(predictions['selected'] == target).mean():.4f}")
     return CrossValidationResult(fold_results=results, device="cpu", device_name="cpu")
