@@ -76,18 +76,18 @@ case "${1:-}" in
   results)
     setup no
     shift
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     # Full settings on a GPU; on a CPU-only machine the cpu-results profile (5 epochs, one seed).
-    profile=parameters/profiles/cpu-results.yaml
-    if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then profile=parameters/profiles/gpu.yaml; fi
-    for file in parameters/baselines/*.yaml parameters/recommended.yaml parameters/recommended_category_only.yaml \
-                parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml; do
-      case "$file" in
-        parameters/baselines/*) nextpoi run "$file" --output-root outputs/results "$@" || exit $? ;;
-        *) nextpoi run "$file" --profile "$profile" --output-root outputs/results "$@" || exit $? ;;
-      esac
-    done
+    # Complete runs are skipped, so an interrupted call resumes.
+    profile=cpu-results
+    if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then profile=gpu; fi
+    status=0
+    nextpoi batch parameters/baselines/*.yaml --output-root outputs/results --cell-timeout 0 "$@" || status=$?
+    nextpoi batch parameters/recommended.yaml parameters/recommended_category_only.yaml parameters/baseline.yaml \
+      parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
+      --profile "$profile" --output-root outputs/results --cell-timeout 0 "$@" || status=$?
     nextpoi report --output-root outputs/results --output outputs/results/report.html
-    exit 0 ;;
+    exit $status ;;
   test)
     setup yes
     ensure_chromium
