@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default", UserWarning)
     try:
         return args.handler(args)
-    except (ConfigError, DataError, FileExistsError) as error:
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
