@@ -125,23 +125,61 @@ def window_feature_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:
     return np.hstack([by_position, counts, hours, weekdays, gaps, *last, mask.sum(axis=1, keepdims=True)])
 
 
+def poi_transition_statistics(windows: WindowSet, fit_index: np.ndarray, apply_index: np.ndarray,
+                              smoothing: float = 5.0) -> np.ndarray:
+    """For each window in apply_index: log of the smoothed distribution of next categories seen after its
+    last POI in the fit windows, plus log(1 + how often that POI was seen). Only fit windows' labels are used."""
+    num_classes = len(windows.classes)
+    last_poi = last_observed(windows.poi_index, windows.mask)
+    prior = np.bincount(windows.target[fit_index], minlength=num_classes) / len(fit_index)
+    counts = np.zeros((int(last_poi.max()) + 1, num_classes))
+    np.add.at(counts, (last_poi[fit_index], windows.target[fit_index]), 1.0)
+    seen = counts.sum(axis=1, keepdims=True)
+    smoothed = (counts + smoothing * prior) / (seen + smoothing)
+    rows = last_poi[apply_index]
+    return np.hstack([np.log(smoothed[rows] + 1e-9), np.log1p(seen[rows])])
+
+
+def out_of_fold_poi_statistics(windows: WindowSet, train_index: np.ndarray, parts: int = 5, seed: int = 0) -> np.ndarray:
+    """POI statistics for the training windows themselves, each computed without its own user's windows
+    (user-grouped parts), so the trees never see a feature built from the row's own label."""
+    users = windows.users[train_index]
+    unique_users = np.unique(users)
+    part_of_user = dict(zip(unique_users, np.random.default_rng(seed).integers(0, parts, len(unique_users))))
+    part = np.array([part_of_user[user] for user in users])
+    statistics = np.zeros((len(train_index), len(windows.classes) + 1))
+    for k in range(parts):
+        statistics[part == k] = poi_transition_statistics(windows, train_index[part != k], train_index[part == k])
+    return statistics
+
+
 class GradientBoostedTrees:
     """scikit-learn HistGradientBoostingClassifier on window features (category columns as categorical).
 
     Without early stopping or feature subsampling it draws no random numbers: one fit per fold serves every seed.
     """
 
-    def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0):
+    def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0, poi_statistics: bool = False):
         self.max_iter, self.learning_rate, self.seed = max_iter, learning_rate, seed
+        self.poi_statistics = poi_statistics
+
+    def _features(self, windows: WindowSet, index: np.ndarray, fitting: bool) -> np.ndarray:
+        features = window_feature_matrix(windows, index)
+        if not self.poi_statistics:
+            return features
+        statistics = (out_of_fold_poi_statistics(windows, index) if fitting
+                      else poi_transition_statistics(windows, self.train_index, index))
+        return np.hstack([features, statistics])
 
     def fit(self, windows: WindowSet, index: np.ndarray) -> "GradientBoostedTrees":
         _require_categories(windows, "gradient_boosting")
         length = windows.length
-        # Category-valued columns: every position, and the last observed category (last feature block).
-        features = window_feature_matrix(windows, index)
+        self.train_index = index
+        features = self._features(windows, index, fitting=True)
+        # Category-valued columns: every position, and the last observed category.
         categorical = np.zeros(features.shape[1], bool)
         categorical[:length] = True
-        categorical[-2] = True
+        categorical[window_feature_matrix(windows, index[:1]).shape[1] - 2] = True
         self.model = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=self.learning_rate, categorical_features=categorical,
             early_stopping=False, random_state=self.seed)
@@ -156,11 +194,11 @@ class GradientBoostedTrees:
         return features
 
     def predict(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
-        return self.model.predict(self._prepare(window_feature_matrix(windows, index)))
+        return self.model.predict(self._prepare(self._features(windows, index, fitting=False)))
 
     def predict_log_probability(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
         """[n, C] log-probabilities over all classes (a class absent from training gets -inf)."""
-        probability = self.model.predict_proba(self._prepare(window_feature_matrix(windows, index)))
+        probability = self.model.predict_proba(self._prepare(self._features(windows, index, fitting=False)))
         full = np.zeros((len(index), len(windows.classes)))
         full[:, self.model.classes_] = probability
         with np.errstate(divide="ignore"):
@@ -173,7 +211,8 @@ BASELINE_REGISTRY = {
     "most_frequent_in_window": lambda config, seed: MostFrequentInWindow(),
     "markov": lambda config, seed: MarkovChain(config.model.markov_order),
     "gradient_boosting": lambda config, seed: GradientBoostedTrees(config.model.gbt_max_iter,
-                                                                   config.model.gbt_learning_rate, seed),
+                                                                   config.model.gbt_learning_rate, seed,
+                                                                   config.model.gbt_poi_statistics),
 }
 
 

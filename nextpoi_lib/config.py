@@ -99,6 +99,9 @@ class ModelConfig:
     markov_order: int = 2
     gbt_max_iter: int = 200
     gbt_learning_rate: float = 0.1
+    # Add the next-category distribution observed after each window's last POI in the training users
+    # (out-of-fold for the training rows) as features of the gradient-boosted trees.
+    gbt_poi_statistics: bool = False
 
 
 @dataclass

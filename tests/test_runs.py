@@ -133,3 +133,21 @@ def test_smoke_run_on_the_embedded_dataset(tmp_path):
     assert sum(len(u) for u in users) == len(set().union(*users)) == 3079
     for fold in folds:
         assert not set(fold["inner_val_users"]) & set(fold["test_users"])
+
+
+def test_poi_statistics_use_only_fit_windows_labels(tmp_path):
+    """Changing the labels of windows outside the fit set must not change the POI statistics."""
+    from nextpoi_lib.baselines import out_of_fold_poi_statistics, poi_transition_statistics
+    from nextpoi_lib.runs import prepare_data
+
+    config = synthetic_config(tmp_path, model={"name": "gradient_boosting"})
+    windows = prepare_data(config).windows
+    fit, apply = np.arange(0, 300), np.arange(300, 400)
+    before = poi_transition_statistics(windows, fit, apply)
+    windows.target[apply] = (windows.target[apply] + 1) % len(windows.classes)
+    np.testing.assert_array_equal(poi_transition_statistics(windows, fit, apply), before)
+    # Out-of-fold rows: a row's own label never enters its features.
+    train = np.arange(0, 400)
+    own = out_of_fold_poi_statistics(windows, train)
+    windows.target[train[:1]] = (windows.target[train[:1]] + 1) % len(windows.classes)
+    np.testing.assert_array_equal(out_of_fold_poi_statistics(windows, train)[0], own[0])
