@@ -377,6 +377,10 @@ def _paired(run: Run, ref: Run, selection: str, metric: str):
     a = _rows(run, selection)[["seed", "fold", metric]]
     b = _rows(ref, selection)[["seed", "fold", metric]]
     merged = a.merge(b, on=["seed", "fold"], suffixes=("_run", "_ref")).dropna().sort_values(["seed", "fold"])
+    if not run.manifest.get("seed_dependent", True) and not ref.manifest.get("seed_dependent", True):
+        # Neither run draws random numbers: its seeds are copies of the same folds, and counting them as
+        # separate pairs would fake a larger n. Pair each fold once.
+        merged = merged.drop_duplicates("fold")
     return merged[f"{metric}_run"].to_numpy(float), merged[f"{metric}_ref"].to_numpy(float)
 
 

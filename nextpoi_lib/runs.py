@@ -209,6 +209,8 @@ def write_run(config: ExperimentConfig, prepared: PreparedData, result: CrossVal
             "windows_report": prepared.windows.report, "started_at": started_at.isoformat(timespec="seconds"),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "duration_seconds": round(duration, 2), "model": config.model.name, "kind": kind,
+            # Reference baselines draw no random numbers: their seeds repeat the same folds.
+            "seed_dependent": kind == "neural",
             "features": config.windows.features,
             "selected_epochs": [{"seed": f.seed, "fold": f.fold, "epoch": f.selected_epoch}
                                 for f in result.fold_results],

@@ -434,3 +434,20 @@ def test_widget_reports_incomparable_selection(tmp_path):
     app.run_select.value = ("a",)
     assert app.message.value == ""
     assert len(app.plots["confusion"].data) == 1
+
+
+def test_seed_free_runs_pair_each_fold_once(tmp_path):
+    """Two deterministic runs with 3 identical seeds give 5 independent pairs, not 15."""
+    import json as _json
+
+    from nextpoi_lib.figures import leaderboard
+    from runfixtures import make_fake_run
+
+    paths = [make_fake_run(tmp_path, run_name=name, seeds=(0, 1, 2), quality=q, rng_seed=r)
+             for name, q, r in (("reference_run", 0.5, 1), ("other_run", 0.7, 2))]
+    for path in paths:
+        manifest = _json.loads((path / "manifest.json").read_text())
+        manifest["seed_dependent"] = False
+        (path / "manifest.json").write_text(_json.dumps(manifest))
+    table = leaderboard(paths, reference="reference_run").set_index("run")
+    assert table.loc["other_run", "n_pairs"] == 5
