@@ -1,5 +1,5 @@
 # Convenience targets; the set-up-free entry point is ./nextpoi.sh (see README).
-.PHONY: main test setup smoke benchmark
+.PHONY: main test setup smoke results
 main:
 	./nextpoi.sh main
 test:
@@ -8,5 +8,5 @@ setup:
 	./nextpoi.sh setup
 smoke:
 	./nextpoi.sh setup && .venv/bin/nextpoi run parameters/smoke.yaml --overwrite
-benchmark:
-	./nextpoi.sh setup && .venv/bin/python benchmarks/engine_speed.py
+results:
+	./nextpoi.sh results
