@@ -22,9 +22,9 @@ the same function (model, loss, AdamW update, learning-rate schedule, batch orde
   scale poorly over intra-op threads and stall badly when other jobs share the cores (OpenMP barriers wait
   for a descheduled thread); folds are independent, so parallel folds use the cores without any barrier.
 
-Settings read from `config.training` (with defaults when the config class does not define them):
-`stack_folds` ("auto" | true | false), `fold_workers` ("auto" | int >= 1). On CUDA, with mixed precision on,
-fp32 matmuls may use TF32 while the engine runs (restored afterwards); AdamW uses the fused CUDA kernel.
+Settings (`config.training`, validated in `nextpoi_lib.config`): `stack_folds` ("auto" | true | false),
+`fold_workers` ("auto" | int >= 1). On CUDA, with mixed precision on, fp32 matmuls may use TF32 while the
+engine runs (restored afterwards); AdamW uses the fused CUDA kernel.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, check_execution_settings
 from .folds import Fold, FoldManifest
 from .losses import build_loss
 from .metrics import confusion_counts, fit_bias_offsets, macro_f1_from_confusion
@@ -673,17 +673,11 @@ class ExecutionPlan:
                 "notes": list(self.notes)}
 
 
-def _setting(config: ExperimentConfig, name: str, default):
-    return getattr(config.training, name, default)
-
-
 def execution_plan(config: ExperimentConfig, device: torch.device, fold_manifest: FoldManifest) -> ExecutionPlan:
-    """How the (seed, fold) jobs run; see the module docstring. Raises ValueError on an invalid setting."""
-    stack, workers = _setting(config, "stack_folds", "auto"), _setting(config, "fold_workers", "auto")
-    if stack not in ("auto", True, False):
-        raise ValueError(f"training.stack_folds={stack!r} must be 'auto', true or false.")
-    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"training.fold_workers={workers!r} must be 'auto' or an integer >= 1.")
+    """How the (seed, fold) jobs run; see the module docstring. Raises ConfigError on an invalid setting (a
+    config changed after loading)."""
+    check_execution_settings(config.training)
+    stack, workers = config.training.stack_folds, config.training.fold_workers
     notes = []
     n_folds, jobs = len(fold_manifest.folds), len(config.training.seeds) * len(fold_manifest.folds)
     stackable = config.model.name in STACKABLE_HEADS and n_folds >= 2
