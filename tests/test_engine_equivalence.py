@@ -7,13 +7,18 @@
 * fold workers == folds trained one after another; the same seed gives the same metrics twice;
 * a dataset that does not fit on the device falls back to host-resident batches;
 * no host synchronisation per training step;
+* benchmarks/engine_speed.py --size ci runs and its engine and plain metrics are close.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 import sys
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,6 +35,7 @@ from nextpoi_lib.losses import build_loss
 from nextpoi_lib.models import MODEL_REGISTRY, build_model
 from nextpoi_lib.windows import WindowSet
 
+ROOT = Path(__file__).resolve().parents[1]
 LENGTH, DIM, CLASSES = 6, 8, 4
 MODELS = {
     "transformer": {"name": "transformer", "model_dim": 16, "num_layers": 2, "num_heads": 4, "feedforward_dim": 32},
@@ -499,3 +505,27 @@ def test_cuda_synchronisations_do_not_grow_with_steps(stacked):
                 torch.cuda.set_sync_debug_mode(0)
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
     assert counts[0] == counts[1], counts
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark, CI-sized (< 1 minute)
+
+
+def test_benchmark_ci_size_runs_and_engine_metrics_match_the_plain_loop(tmp_path):
+    output = tmp_path / "ci.json"
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_speed.py"), "--size", "ci",
+                                "--threads", "1", "--json", str(output)], capture_output=True, text=True,
+                               timeout=60, cwd=ROOT)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert time.perf_counter() - started < 60
+    assert "| case" in completed.stdout and "plain/variant" in completed.stdout
+    result = json.loads(output.read_text())
+    assert result["size"] == "ci" and result["device"] and result["date"]
+    rows = {(r["case"], r["variant"]): r for r in result["rows"]}
+    assert {case for case, _ in rows} == {"baseline-2000", "C-2000"}
+    for case in ("baseline-2000", "C-2000"):
+        plain, fast = rows[(case, "plain")], rows[(case, "engine")]
+        assert fast["similar"] and abs(fast["macro_f1"] - plain["macro_f1"]) <= result["tolerance"]
+        assert fast["seconds"] > 0 and plain["seconds"] > 0 and fast["peak_rss_bytes"] > 0
+    assert result["memory_check"]["epoch_readings"]
