@@ -1,5 +1,5 @@
 # Convenience targets; the set-up-free entry point is ./nextpoi.sh (see README).
-.PHONY: main test setup smoke results
+.PHONY: main test setup smoke results benchmark
 main:
 	./nextpoi.sh main
 test:
@@ -10,3 +10,5 @@ smoke:
 	./nextpoi.sh setup && .venv/bin/nextpoi run parameters/smoke.yaml --overwrite
 results:
 	./nextpoi.sh results
+benchmark:
+	./nextpoi.sh setup && .venv/bin/python benchmarks/engine_speed.py --size ci

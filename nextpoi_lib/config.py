@@ -145,6 +145,13 @@ class TrainingConfig:
     progress: bool = True
     # bf16 autocast on GPUs that support it (fp32 master weights and loss).
     mixed_precision: bool = True
+    # How the engine runs the (seed, fold) jobs; results do not depend on it (see nextpoi_lib/engine.py).
+    # stack_folds: train the folds of a seed as one batched computation (torch.vmap, Transformer only);
+    # "auto" = on CUDA yes, on CPU no (slower there).
+    stack_folds: bool | Literal["auto"] = "auto"
+    # fold_workers: CPU worker processes that train whole folds in parallel, splitting the intra-op threads;
+    # "auto" = as many as threads (and jobs) for runs large enough to pay for process start-up, else 1.
+    fold_workers: int | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -278,12 +285,17 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
-        for option in [a for a in args if a is not type(None)]:
+        options = [a for a in args if a is not type(None)]
+        for option in options:
             try:
                 return _coerce(value, option, key)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0])
+        if len(options) == 1:
+            raise ConfigError(errors[0])
+        # e.g. bool | Literal["auto"]: name every accepted form, not only the first one tried.
+        choices = [_describe(option) for option in options] + (["null"] if type(None) in args else [])
+        raise ConfigError(f"{key}={value!r} is not valid. Valid choices: {' or '.join(choices)}.")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}={value!r} is not a valid choice. Valid choices: "
@@ -314,6 +326,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r} must be a string.")
         return value
     raise ConfigError(f"{key}: unsupported type {hint}.")  # pragma: no cover - programming error
+
+
+def _describe(hint: Any) -> str:
+    """The accepted values of one type, for error messages."""
+    if get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in get_args(hint))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
 def _require(condition: bool, message: str) -> None:
@@ -384,6 +403,7 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
              f"training.early_stopping_patience={t.early_stopping_patience} must be >= 1 or null.")
     _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
              f"training.device={t.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    check_execution_settings(t)
 
     # Two re-weightings of the same imbalance over-correct; refuse unless asked for by name.
     stacks = []
@@ -414,6 +434,18 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     if w.target_time_features:
         warnings.warn("windows.target_time_features: true adds the predicted visit's time to the input. This is a "
                       "different, easier task; the run is labelled 'next_category_with_target_time'.", stacklevel=2)
+
+
+def check_execution_settings(t: TrainingConfig) -> None:
+    """training.stack_folds and training.fold_workers; also called by the engine, since a config object may be
+    changed after loading (benchmarks and tests set these two keys directly)."""
+    _require(isinstance(t.stack_folds, bool) or t.stack_folds == "auto",
+             f"training.stack_folds={t.stack_folds!r} is not valid. Valid choices: true, false or 'auto' (stacked "
+             f"folds on CUDA, folds one by one on CPU).")
+    _require(t.fold_workers == "auto" or (isinstance(t.fold_workers, int) and not isinstance(t.fold_workers, bool)
+                                          and t.fold_workers >= 1),
+             f"training.fold_workers={t.fold_workers!r} is not valid. Valid choices: 'auto' or an integer >= 1 "
+             f"(1 = folds one after another in this process).")
 
 
 def config_to_yaml(config: ExperimentConfig) -> str:

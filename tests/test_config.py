@@ -1,6 +1,7 @@
 import warnings
 
 import pytest
+import yaml
 
 from nextpoi_lib.config import ConfigError, ExperimentConfig, load_config
 
@@ -88,3 +89,42 @@ def test_defaults_are_the_users_baseline():
     config = ExperimentConfig()
     assert config.model.name == "transformer" and config.windows.length == 9
     assert config.folds.strategy == "user_grouped"
+
+
+@pytest.mark.parametrize("training, expected", [
+    ({}, ("auto", "auto")),
+    ({"stack_folds": True, "fold_workers": 1}, (True, 1)),
+    ({"stack_folds": False, "fold_workers": 3}, (False, 3)),
+    ({"stack_folds": "auto", "fold_workers": "auto"}, ("auto", "auto")),
+])
+def test_engine_execution_settings_load(training, expected, tmp_path):
+    config = load_config({"training": training})
+    assert (config.training.stack_folds, config.training.fold_workers) == expected
+    # the same through a YAML file (true/false/auto as YAML writes them)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"training": training}))
+    assert (load_config(path).training.stack_folds, load_config(path).training.fold_workers) == expected
+
+
+@pytest.mark.parametrize("training, message", [
+    ({"stack_folds": "yes"}, r"training\.stack_folds='yes' is not valid\. Valid choices: true or false or 'auto'"),
+    ({"stack_folds": 1}, r"training\.stack_folds=1 is not valid"),
+    ({"stack_folds": None}, r"training\.stack_folds=None is not valid"),
+    ({"fold_workers": 0}, r"training\.fold_workers=0 is not valid\. Valid choices: 'auto' or an integer >= 1"),
+    ({"fold_workers": -2}, r"training\.fold_workers=-2 is not valid"),
+    ({"fold_workers": "two"}, r"training\.fold_workers='two' is not valid\. Valid choices: an integer or 'auto'"),
+    ({"fold_workers": True}, r"training\.fold_workers=True is not valid"),
+    ({"fold_workers": 2.0}, r"training\.fold_workers=2\.0 is not valid"),
+])
+def test_engine_execution_settings_reject_bad_values(training, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config({"training": training})
+
+
+def test_engine_rechecks_execution_settings_changed_after_loading():
+    from nextpoi_lib.config import check_execution_settings
+
+    config = load_config({})
+    config.training.fold_workers = 0
+    with pytest.raises(ConfigError, match=r"training\.fold_workers=0"):
+        check_execution_settings(config.training)

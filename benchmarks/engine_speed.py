@@ -359,7 +359,7 @@ def run_variant(variant: str, config: ExperimentConfig, windows: WindowSet, mani
     config = copy.deepcopy(config)
     threads_before = torch.get_num_threads()
     if variant == "engine-serial":
-        config.training.fold_workers = 1  # training.fold_workers (read with a default by the engine)
+        config.training.fold_workers = 1
     elif variant == "engine-stacked":
         config.training.stack_folds = True
     elif variant == "engine-per-fold":
