@@ -212,6 +212,8 @@ def write_run(config: ExperimentConfig, prepared: PreparedData, result: CrossVal
             # Reference baselines draw no random numbers: their seeds repeat the same folds.
             "seed_dependent": kind == "neural",
             "features": config.windows.features,
+            # Stacked folds draw dropout masks differently from one fold at a time: say which path ran.
+            "engine": result.extra.get("engine", {"mode": "baseline"}),
             "selected_epochs": [{"seed": f.seed, "fold": f.fold, "epoch": f.selected_epoch}
                                 for f in result.fold_results],
         }

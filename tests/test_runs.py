@@ -21,6 +21,8 @@ def test_run_folder_is_complete_and_consistent(tmp_path):
     assert RUN_FILES | {"attention.csv"} <= {p.name for p in path.iterdir()}
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["seeds"] == [0, 1] and manifest["device"] == "cpu"
+    # The hybrid head cannot be stacked and this tiny run is below the fold-worker threshold.
+    assert manifest["engine"]["mode"] == "per_fold"
     folds = json.loads((path / "fold_manifest.json").read_text())
     fold_sizes = {f["fold"]: f["n_test"] for f in folds["folds"]}
     metrics = pd.read_csv(path / "fold_metrics.csv")
@@ -76,7 +78,7 @@ def test_baseline_runs_share_the_format(tmp_path):
     path = run_experiment(config)
     assert RUN_FILES <= {p.name for p in path.iterdir()}
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["kind"] == "baseline"
+    assert manifest["kind"] == "baseline" and manifest["engine"] == {"mode": "baseline"}
     assert json.loads((path / "summary.json").read_text())["selected"]["accuracy"]["mean"] > 0.95
 
 
