@@ -125,51 +125,88 @@ def window_feature_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:
     return np.hstack([by_position, counts, hours, weekdays, gaps, *last, mask.sum(axis=1, keepdims=True)])
 
 
-def poi_transition_statistics(windows: WindowSet, fit_index: np.ndarray, apply_index: np.ndarray,
-                              smoothing: float = 5.0) -> np.ndarray:
-    """For each window in apply_index: log of the smoothed distribution of next categories seen after its
-    last POI in the fit windows, plus log(1 + how often that POI was seen). Only fit windows' labels are used."""
+def history_feature_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:
+    """The user's past beyond the window: category counts before its first visit, their total, and the
+    category shares over all visits before the target (past + window)."""
+    if windows.history_counts is None:
+        raise ValueError("gbt_history_features needs the user's earlier check-ins, which a next.parquet file does "
+                         "not hold. Load the check-in table (dataset.source: checkins) or set it to false.")
+    before = windows.history_counts[index].astype(np.float64)
+    in_window = np.zeros_like(before)
+    categories, mask = windows.category_index[index], windows.mask[index]
+    for position in range(mask.shape[1]):
+        observed = mask[:, position]
+        in_window[np.flatnonzero(observed), categories[observed, position]] += 1
+    everything = before + in_window
+    shares = everything / np.maximum(everything.sum(axis=1, keepdims=True), 1.0)
+    return np.hstack([before, before.sum(axis=1, keepdims=True), shares])
+
+
+def last_visit_keys(windows: WindowSet, key: str) -> np.ndarray:
+    """Per window, the identity the transition statistics are keyed by: its last POI or last subcategory."""
+    if key == "poi":
+        return last_observed(windows.poi_index, windows.mask)
+    if windows.subcategory_index is None:
+        raise ValueError("gbt_subcategory_statistics needs a finer category per check-in: set "
+                         "dataset.subcategory_column (check-in tables) or gbt_subcategory_statistics: false.")
+    last = last_observed(windows.subcategory_index, windows.mask)
+    return np.where(last < 0, last.max() + 1, last)  # unknown subcategories share one key of their own
+
+
+def transition_statistics(windows: WindowSet, keys: np.ndarray, fit_index: np.ndarray, apply_index: np.ndarray,
+                          smoothing: float = 5.0) -> np.ndarray:
+    """For each window in apply_index: log of the smoothed distribution of next categories seen after windows
+    with the same key (e.g. the same last POI) among the fit windows, plus log(1 + how often that key was
+    seen). Only fit windows' labels are used."""
     num_classes = len(windows.classes)
-    last_poi = last_observed(windows.poi_index, windows.mask)
     prior = np.bincount(windows.target[fit_index], minlength=num_classes) / len(fit_index)
-    counts = np.zeros((int(last_poi.max()) + 1, num_classes))
-    np.add.at(counts, (last_poi[fit_index], windows.target[fit_index]), 1.0)
+    counts = np.zeros((int(keys.max()) + 1, num_classes))
+    np.add.at(counts, (keys[fit_index], windows.target[fit_index]), 1.0)
     seen = counts.sum(axis=1, keepdims=True)
     smoothed = (counts + smoothing * prior) / (seen + smoothing)
-    rows = last_poi[apply_index]
+    rows = keys[apply_index]
     return np.hstack([np.log(smoothed[rows] + 1e-9), np.log1p(seen[rows])])
 
 
-def out_of_fold_poi_statistics(windows: WindowSet, train_index: np.ndarray, parts: int = 5, seed: int = 0) -> np.ndarray:
-    """POI statistics for the training windows themselves, each computed without its own user's windows
-    (user-grouped parts), so the trees never see a feature built from the row's own label."""
+def out_of_fold_statistics(windows: WindowSet, keys: np.ndarray, train_index: np.ndarray, parts: int = 5,
+                           seed: int = 0) -> np.ndarray:
+    """Transition statistics for the training windows themselves, each computed without its own user's
+    windows (user-grouped parts), so the trees never see a feature built from the row's own label."""
     users = windows.users[train_index]
     unique_users = np.unique(users)
     part_of_user = dict(zip(unique_users, np.random.default_rng(seed).integers(0, parts, len(unique_users))))
     part = np.array([part_of_user[user] for user in users])
     statistics = np.zeros((len(train_index), len(windows.classes) + 1))
     for k in range(parts):
-        statistics[part == k] = poi_transition_statistics(windows, train_index[part != k], train_index[part == k])
+        statistics[part == k] = transition_statistics(windows, keys, train_index[part != k], train_index[part == k])
     return statistics
 
 
 class GradientBoostedTrees:
     """scikit-learn HistGradientBoostingClassifier on window features (category columns as categorical).
 
-    Without early stopping or feature subsampling it draws no random numbers: one fit per fold serves every seed.
+    Optional extra features: next-category statistics keyed by the last POI and/or the last subcategory
+    (out-of-fold for the training rows), and the user's history before the window. Without early stopping
+    or feature subsampling it draws no random numbers: one fit per fold serves every seed.
     """
 
-    def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0, poi_statistics: bool = False):
+    def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0, poi_statistics: bool = False,
+                 subcategory_statistics: bool = False, history_features: bool = False, class_weight: str = "none"):
         self.max_iter, self.learning_rate, self.seed = max_iter, learning_rate, seed
-        self.poi_statistics = poi_statistics
+        self.statistics_keys = [key for key, wanted in (("poi", poi_statistics),
+                                                        ("subcategory", subcategory_statistics)) if wanted]
+        self.history_features = history_features
+        self.class_weight = None if class_weight == "none" else class_weight
 
     def _features(self, windows: WindowSet, index: np.ndarray, fitting: bool) -> np.ndarray:
-        features = window_feature_matrix(windows, index)
-        if not self.poi_statistics:
-            return features
-        statistics = (out_of_fold_poi_statistics(windows, index) if fitting
-                      else poi_transition_statistics(windows, self.train_index, index))
-        return np.hstack([features, statistics])
+        parts = [window_feature_matrix(windows, index)]
+        for key in self.statistics_keys:
+            keys = last_visit_keys(windows, key)
+            parts.append(out_of_fold_statistics(windows, keys, index) if fitting
+                         else transition_statistics(windows, keys, self.train_index, index))
+        if self.history_features:
+            parts.append(history_feature_matrix(windows, index))
+        return np.hstack(parts)
 
     def fit(self, windows: WindowSet, index: np.ndarray) -> "GradientBoostedTrees":
         _require_categories(windows, "gradient_boosting")
@@ -182,7 +219,7 @@ class GradientBoostedTrees:
         categorical[window_feature_matrix(windows, index[:1]).shape[1] - 2] = True
         self.model = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=self.learning_rate, categorical_features=categorical,
-            early_stopping=False, random_state=self.seed)
+            early_stopping=False, class_weight=self.class_weight, random_state=self.seed)
         # Padding (-1) is not a valid category code for the trees; shift codes by one so padding is 0.
         self._shift = categorical
         self.model.fit(self._prepare(features), windows.target[index])
@@ -210,9 +247,9 @@ BASELINE_REGISTRY = {
     "last_category": lambda config, seed: LastCategory(),
     "most_frequent_in_window": lambda config, seed: MostFrequentInWindow(),
     "markov": lambda config, seed: MarkovChain(config.model.markov_order),
-    "gradient_boosting": lambda config, seed: GradientBoostedTrees(config.model.gbt_max_iter,
-                                                                   config.model.gbt_learning_rate, seed,
-                                                                   config.model.gbt_poi_statistics),
+    "gradient_boosting": lambda config, seed: GradientBoostedTrees(
+        config.model.gbt_max_iter, config.model.gbt_learning_rate, seed, config.model.gbt_poi_statistics,
+        config.model.gbt_subcategory_statistics, config.model.gbt_history_features, config.model.gbt_class_weight),
 }
 
 

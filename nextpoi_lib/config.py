@@ -36,6 +36,9 @@ class DatasetConfig:
     latitude_column: str = "latitude"
     longitude_column: str = "longitude"
     category_column: str = "category"
+    # Optional finer category (e.g. Foursquare's venue type); used by gbt_subcategory_statistics only.
+    # The embedded Foursquare sample always has one.
+    subcategory_column: str | None = None
     min_checkins_per_user: int = 5
     # Fixed class list in id order (e.g. Gowalla's 7 categories); empty: the classes found in the data,
     # most frequent first. A category outside a given list is an error.
@@ -102,6 +105,12 @@ class ModelConfig:
     # Add the next-category distribution observed after each window's last POI in the training users
     # (out-of-fold for the training rows) as features of the gradient-boosted trees.
     gbt_poi_statistics: bool = False
+    # The same statistics keyed by the last visit's subcategory (needs a subcategory column in the data).
+    gbt_subcategory_statistics: bool = False
+    # Category counts of the user's visits before the window: the part of their past the L visits don't show.
+    gbt_history_features: bool = False
+    # "balanced" weights each training window inversely to its class frequency (scikit-learn class_weight).
+    gbt_class_weight: Literal["none", "balanced"] = "none"
 
 
 @dataclass
@@ -379,6 +388,11 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     known = sorted(MODEL_REGISTRY) + sorted(BASELINE_REGISTRY)
     _require(m.name in MODEL_REGISTRY or m.name in BASELINE_REGISTRY,
              f"model.name={m.name!r} is not a registered model. Valid choices: {', '.join(known)}.")
+    if m.gbt_subcategory_statistics:
+        _require(d.source == "foursquare_nyc" or (d.source == "checkins" and d.subcategory_column),
+                 f"model.gbt_subcategory_statistics=true needs a finer category per check-in, and dataset.source="
+                 f"{d.source!r} has none: set dataset.subcategory_column to the column that holds it (check-in "
+                 f"tables), or set gbt_subcategory_statistics: false.")
     _require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1).")
     _require(m.num_layers >= 1, f"model.num_layers={m.num_layers} must be >= 1.")
     _require(m.num_heads >= 1, f"model.num_heads={m.num_heads} must be >= 1.")

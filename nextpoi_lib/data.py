@@ -38,6 +38,13 @@ class CheckinTable:
     def category_index(self) -> np.ndarray:
         return pd.Categorical(self.frame["category"], categories=self.classes).codes.astype(np.int64)
 
+    @property
+    def subcategory_index(self) -> np.ndarray | None:
+        """Codes of the optional finer category (sorted names), or None when the table has none."""
+        if "subcategory" not in self.frame:
+            return None
+        return pd.factorize(self.frame["subcategory"], sort=True)[0].astype(np.int64)
+
 
 def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
@@ -88,6 +95,8 @@ def load_foursquare_nyc() -> pd.DataFrame:
         "latitude": coordinates[0],
         "longitude": coordinates[1],
         "category": raw["root_type"].astype(str),
+        # Foursquare's venue type (491 of them, e.g. "Home (private)"), below the 10 root categories.
+        "subcategory": raw["type"].astype(str),
     })
 
 
@@ -102,8 +111,11 @@ def canonicalise(raw: pd.DataFrame, config: DatasetConfig, source_name: str) -> 
     }
     if config.poi_column:
         mapping[config.poi_column] = "poi_id"
+    if config.subcategory_column:
+        mapping[config.subcategory_column] = "subcategory"
     keys = {"user_id": "user_column", "timestamp": "timestamp_column", "latitude": "latitude_column",
-            "longitude": "longitude_column", "category": "category_column", "poi_id": "poi_column"}
+            "longitude": "longitude_column", "category": "category_column", "poi_id": "poi_column",
+            "subcategory": "subcategory_column"}
     missing = [(column, canonical) for column, canonical in mapping.items() if column not in raw.columns]
     if missing:
         column, canonical = missing[0]
@@ -120,7 +132,9 @@ def canonicalise(raw: pd.DataFrame, config: DatasetConfig, source_name: str) -> 
     frame["poi_id"] = frame["poi_id"].astype(str)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], errors="coerce")
     frame["category"] = frame["category"].astype("string")
-    return frame[CANONICAL_COLUMNS]
+    if "subcategory" in frame:
+        frame["subcategory"] = frame["subcategory"].astype(str)
+    return frame[CANONICAL_COLUMNS + (["subcategory"] if "subcategory" in frame else [])]
 
 
 def validate_checkins(frame: pd.DataFrame, source_name: str, classes: list[str] | None) -> list[str]:
@@ -145,7 +159,8 @@ def validate_checkins(frame: pd.DataFrame, source_name: str, classes: list[str] 
 
 
 def frame_hash(frame: pd.DataFrame) -> str:
-    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    # Only the canonical columns: an optional extra column (subcategory) does not change windows or folds.
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame[CANONICAL_COLUMNS], index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

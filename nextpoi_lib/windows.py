@@ -37,6 +37,10 @@ class WindowSet:
     classes: list[str]
     embedding_table: np.ndarray  # [P, D] float32
     report: dict = field(default_factory=dict)
+    # [N, L] int64 finer category of each observed visit (-1 unknown); None when the data has none.
+    subcategory_index: np.ndarray | None = None
+    # [N, C] int32 category counts of the user's visits before the window's first visit; None without them.
+    history_counts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.target)
@@ -54,7 +58,9 @@ class WindowSet:
         per_window = {name: getattr(self, name)[index] for name in (
             "poi_index", "mask", "category_index", "hour", "weekday", "gap_hours", "latitude", "longitude",
             "target", "target_hour", "target_weekday", "users")}
-        return WindowSet(**per_window, classes=self.classes, embedding_table=self.embedding_table,
+        optional = {name: None if getattr(self, name) is None else getattr(self, name)[index]
+                    for name in ("subcategory_index", "history_counts")}
+        return WindowSet(**per_window, **optional, classes=self.classes, embedding_table=self.embedding_table,
                          report=dict(self.report))
 
 
@@ -97,6 +103,7 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
     observed = positions[None, :] < (end - start)[:, None]
     visit = np.where(observed, visit, 0)
     target_row = offsets[window_user] + end
+    first_row = offsets[window_user] + start
 
     # Embedding rows of every check-in; -1 when the POI has no embedding.
     table_ids = pd.Index(embeddings.index.astype(str))
@@ -119,6 +126,7 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
         keep = ~missing_visit.any(axis=1) if missing == "drop_window" else observed.any(axis=1)
         dropped_windows = int((~keep).sum())
         visit, observed, target_row, window_user = visit[keep], observed[keep], target_row[keep], window_user[keep]
+        first_row = first_row[keep]
 
     timestamps = frame["timestamp"]
     hour = (timestamps.dt.hour + timestamps.dt.minute / 60.0).to_numpy(np.float32)
@@ -133,6 +141,7 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
     def per_position(values: np.ndarray, fill) -> np.ndarray:
         return np.where(observed, values[visit], fill).astype(values.dtype)
 
+    subcategory = checkins.subcategory_index
     report = {
         "n_windows": int(len(target_row)),
         "n_users": int(len(np.unique(window_user))),
@@ -152,7 +161,16 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
         longitude=per_position(frame["longitude"].to_numpy(np.float32), 0.0),
         target=category[target_row], target_hour=hour[target_row], target_weekday=weekday[target_row],
         users=user_names.to_numpy().astype(str)[window_user], classes=list(checkins.classes),
-        embedding_table=embedding_table, report=report)
+        embedding_table=embedding_table, report=report,
+        subcategory_index=None if subcategory is None else np.where(observed, subcategory[visit], -1),
+        history_counts=counts_before(category, len(checkins.classes), offsets[window_user], first_row))
+
+
+def counts_before(category: np.ndarray, num_classes: int, user_first_row: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """[len(rows), C] counts of each category among check-ins user_first_row .. rows - 1 (one user's past)."""
+    cumulative = np.zeros((len(category) + 1, num_classes), np.int32)
+    np.cumsum(np.eye(num_classes, dtype=np.int32)[category], axis=0, out=cumulative[1:])
+    return cumulative[rows] - cumulative[user_first_row]
 
 
 def windows_from_next_parquet(next_file: NextParquet, classes: list[str] | None = None,

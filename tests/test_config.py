@@ -59,6 +59,10 @@ def test_invalid_choice_lists_valid_ones():
     ({"folds": {"inner_val_fraction": 0.7}}, r"inner_val_fraction"),
     ({"dataset": {"source": "checkins"}}, r"dataset\.path is required"),
     ({"training": {"batch_size": "512"}}, r"training\.batch_size='512' must be an integer"),
+    ({"dataset": {"source": "checkins", "path": "x.csv"},
+      "model": {"name": "gradient_boosting", "gbt_subcategory_statistics": True}},
+     r"gbt_subcategory_statistics=true.*dataset\.subcategory_column"),
+    ({"model": {"gbt_class_weight": "inverse"}}, r"model\.gbt_class_weight='inverse'.*'none', 'balanced'"),
 ])
 def test_impossible_values_fail(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -137,19 +137,64 @@ def test_smoke_run_on_the_embedded_dataset(tmp_path):
         assert not set(fold["inner_val_users"]) & set(fold["test_users"])
 
 
-def test_poi_statistics_use_only_fit_windows_labels(tmp_path):
-    """Changing the labels of windows outside the fit set must not change the POI statistics."""
-    from nextpoi_lib.baselines import out_of_fold_poi_statistics, poi_transition_statistics
+@pytest.mark.parametrize("key", ["poi", "subcategory"])
+def test_transition_statistics_use_only_fit_windows_labels(tmp_path, key):
+    """Changing the labels of windows outside the fit set must not change the statistics."""
+    from nextpoi_lib.baselines import last_visit_keys, out_of_fold_statistics, transition_statistics
     from nextpoi_lib.runs import prepare_data
 
     config = synthetic_config(tmp_path, model={"name": "gradient_boosting"})
     windows = prepare_data(config).windows
+    windows.subcategory_index = np.where(windows.mask, windows.poi_index % 7, -1)
+    keys = last_visit_keys(windows, key)
     fit, apply = np.arange(0, 300), np.arange(300, 400)
-    before = poi_transition_statistics(windows, fit, apply)
+    before = transition_statistics(windows, keys, fit, apply)
     windows.target[apply] = (windows.target[apply] + 1) % len(windows.classes)
-    np.testing.assert_array_equal(poi_transition_statistics(windows, fit, apply), before)
+    np.testing.assert_array_equal(transition_statistics(windows, keys, fit, apply), before)
     # Out-of-fold rows: a row's own label never enters its features.
     train = np.arange(0, 400)
-    own = out_of_fold_poi_statistics(windows, train)
+    own = out_of_fold_statistics(windows, keys, train)
     windows.target[train[:1]] = (windows.target[train[:1]] + 1) % len(windows.classes)
-    np.testing.assert_array_equal(out_of_fold_poi_statistics(windows, train)[0], own[0])
+    np.testing.assert_array_equal(out_of_fold_statistics(windows, keys, train)[0], own[0])
+
+
+def test_transition_statistics_by_hand():
+    """Two keys, three classes, smoothing 5 towards the fit prior: computed independently."""
+    from nextpoi_lib.baselines import transition_statistics
+    from nextpoi_lib.windows import WindowSet
+
+    target = np.array([0, 0, 1, 2, 2, 2])
+    keys = np.array([0, 0, 0, 1, 1, 1])
+    empty = np.zeros((6, 1))
+    windows = WindowSet(poi_index=empty.astype(int), mask=empty.astype(bool), category_index=empty.astype(int),
+                        hour=empty, weekday=empty.astype(int), gap_hours=empty, latitude=empty, longitude=empty,
+                        target=target, target_hour=empty[:, 0], target_weekday=empty[:, 0].astype(int),
+                        users=np.array(list("abcdef")), classes=["x", "y", "z"], embedding_table=np.zeros((1, 1)))
+    statistics = transition_statistics(windows, keys, np.arange(6), np.array([0, 3]))
+    prior = np.array([2, 1, 3]) / 6
+    expected_key0 = (np.array([2, 1, 0]) + 5 * prior) / 8
+    np.testing.assert_allclose(np.exp(statistics[0, :3]), expected_key0, rtol=1e-6)
+    np.testing.assert_allclose(statistics[:, 3], np.log1p([3, 3]))
+
+
+def test_trees_use_history_and_subcategory_features(tmp_path):
+    """The target is set by the subcategory of the last visit; only the subcategory statistics can know it."""
+    from nextpoi_lib.baselines import GradientBoostedTrees, history_feature_matrix
+    from nextpoi_lib.runs import prepare_data
+
+    config = synthetic_config(tmp_path, model={"name": "gradient_boosting"})
+    windows = prepare_data(config).windows
+    rng = np.random.default_rng(0)
+    windows.subcategory_index = np.where(windows.mask, rng.integers(0, 6, windows.mask.shape), -1)
+    last = windows.subcategory_index[np.arange(len(windows)), windows.mask.sum(axis=1) - 1]
+    windows.target = last % 3
+    train, test = np.arange(0, 500), np.arange(500, len(windows))
+    plain = GradientBoostedTrees(max_iter=30).fit(windows, train)
+    with_subcategory = GradientBoostedTrees(max_iter=30, subcategory_statistics=True).fit(windows, train)
+    assert (with_subcategory.predict(windows, test) == windows.target[test]).mean() > 0.95
+    assert (plain.predict(windows, test) == windows.target[test]).mean() < 0.7
+    # History features: counts before the window, their total, shares over past + window.
+    history = history_feature_matrix(windows, test)
+    assert history.shape == (len(test), 2 * len(windows.classes) + 1)
+    np.testing.assert_array_equal(history[:, :3], windows.history_counts[test])
+    np.testing.assert_allclose(history[:, -3:].sum(axis=1), 1.0)

@@ -82,3 +82,28 @@ def test_next_parquet_windows_mask_trailing_padding_only(tmp_path):
     assert windows.mask[1].all()  # the zero row in the middle stays an observed visit ...
     assert windows.report["zero_rows_inside_windows"] == 1  # ... and is reported
     assert windows.classes[0] == "Food"
+
+
+def test_history_counts_and_subcategories_by_hand(tmp_path):
+    frame = synthetic_checkins(n_users=2, visits_per_user=14)
+    frame["venue_type"] = [f"type{i % 4}" for i in range(len(frame))]
+    path = tmp_path / "c.csv"
+    frame.to_csv(path, index=False)
+    table = load_checkins(DatasetConfig(source="checkins", path=str(path), subcategory_column="venue_type"), "toy")
+    pois = sorted(table.frame.poi_id.unique())
+    windows = build_windows(table, embedding_frame(pois), length=4, stride=1)
+    user = table.frame[table.frame.user_id == "u000"].reset_index(drop=True)
+    # u000 has 14 visits: windows start at 0..9; window s holds visits s..s+3. Counted independently here.
+    for start in range(10):
+        expected = np.zeros(len(windows.classes), int)
+        for category in user.category[:start]:
+            expected[windows.classes.index(category)] += 1
+        assert windows.history_counts[start].tolist() == expected.tolist()
+        names = sorted(frame["venue_type"].unique())
+        assert [names[i] for i in windows.subcategory_index[start]] == user.subcategory[start:start + 4].tolist()
+    # The second user's first window starts their own history from zero.
+    assert windows.history_counts[10].sum() == 0 and windows.history_counts[11].sum() == 1
+    # Without the column there is no subcategory; the data hash ignores the optional column.
+    plain = table_from(frame.drop(columns="venue_type"), tmp_path)
+    assert build_windows(plain, embedding_frame(pois), 4, 1).subcategory_index is None
+    assert plain.data_hash == table.data_hash
