@@ -82,7 +82,7 @@ case "${1:-}" in
     profile=cpu-results
     if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then profile=gpu; fi
     status=0
-    nextpoi batch parameters/baselines/*.yaml parameters/recommended.yaml --output-root outputs/results --cell-timeout 0 "$@" || status=$?
+    nextpoi batch parameters/baselines/*.yaml parameters/recommended.yaml parameters/recommended_labels_only.yaml --output-root outputs/results --cell-timeout 0 "$@" || status=$?
     nextpoi batch parameters/recommended_neural.yaml parameters/recommended_category_only.yaml parameters/baseline.yaml \
       parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
       --profile "$profile" --output-root outputs/results --cell-timeout 0 "$@" || status=$?

@@ -15,7 +15,7 @@ import yaml
 from nextpoi_lib.figures import leaderboard, load_runs
 
 ORDER = ["majority", "last_category", "most_frequent_in_window", "markov", "gradient_boosting", "baseline", "A", "B",
-         "C", "D", "recommended_category_only", "recommended_neural", "recommended"]
+         "C", "D", "recommended_category_only", "recommended_neural", "recommended_labels_only", "recommended"]
 
 
 def main(root: Path) -> None:

@@ -373,11 +373,17 @@ def min_attainable_p(n: int) -> float:
     return 2.0 / 2.0**n if n > 0 else 1.0
 
 
+def seed_dependent(run: Run) -> bool:
+    """Whether the run's seeds give different results; run folders written before the manifest said so are
+    judged by their kind (reference baselines draw no random numbers)."""
+    return bool(run.manifest.get("seed_dependent", run.manifest.get("kind") != "baseline"))
+
+
 def _paired(run: Run, ref: Run, selection: str, metric: str):
     a = _rows(run, selection)[["seed", "fold", metric]]
     b = _rows(ref, selection)[["seed", "fold", metric]]
     merged = a.merge(b, on=["seed", "fold"], suffixes=("_run", "_ref")).dropna().sort_values(["seed", "fold"])
-    if not run.manifest.get("seed_dependent", True) and not ref.manifest.get("seed_dependent", True):
+    if not seed_dependent(run) and not seed_dependent(ref):
         # Neither run draws random numbers: its seeds are copies of the same folds, and counting them as
         # separate pairs would fake a larger n. Pair each fold once.
         merged = merged.drop_duplicates("fold")
@@ -436,7 +442,9 @@ def leaderboard(runs, reference=None, selection: str = "selected", metric: str =
                 if len(x) == 0:
                     notes.append("no matching (seed, fold) pairs with the reference: paired test refused")
                 else:
-                    if len(x) < n_all:
+                    if not seed_dependent(run) and not seed_dependent(ref):
+                        notes.append(f"both runs ignore the seed: {len(x)} folds paired once each")
+                    elif len(x) < n_all:
                         notes.append(f"only {len(x)} of {n_all} (seed, fold) pairs match the reference")
                     diff = x - y
                     n_nonzero = int(np.count_nonzero(diff))

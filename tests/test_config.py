@@ -132,3 +132,18 @@ def test_engine_rechecks_execution_settings_changed_after_loading():
     config.training.fold_workers = 0
     with pytest.raises(ConfigError, match=r"training\.fold_workers=0"):
         check_execution_settings(config.training)
+
+
+def test_every_shipped_parameter_file_loads():
+    from pathlib import Path
+
+    files = sorted(p for p in Path("parameters").rglob("*.yaml") if "profiles" not in p.parts)
+    assert len(files) >= 15
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in files:
+            assert load_config(path).name == path.stem, path
+        for profile in Path("parameters/profiles").glob("*.yaml"):
+            load_config("parameters/baseline.yaml", profile)
+    recommended = load_config("parameters/recommended_labels_only.yaml").model
+    assert recommended.gbt_history_features and not recommended.gbt_poi_statistics

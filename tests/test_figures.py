@@ -451,3 +451,23 @@ def test_seed_free_runs_pair_each_fold_once(tmp_path):
         (path / "manifest.json").write_text(_json.dumps(manifest))
     table = leaderboard(paths, reference="reference_run").set_index("run")
     assert table.loc["other_run", "n_pairs"] == 5
+
+
+def test_seed_dependence_of_older_run_folders_follows_their_kind(tmp_path):
+    """Run folders written before manifests carried seed_dependent: baselines pair each fold once."""
+    import json as _json
+
+    from nextpoi_lib.figures import leaderboard
+    from runfixtures import make_fake_run
+
+    paths = [make_fake_run(tmp_path, run_name=name, seeds=(0, 1, 2), quality=q, rng_seed=r)
+             for name, q, r in (("reference_run", 0.5, 1), ("other_run", 0.7, 2))]
+    for kind, expected_pairs in (("baseline", 5), ("neural", 15)):
+        for path in paths:
+            manifest = _json.loads((path / "manifest.json").read_text())
+            manifest.pop("seed_dependent", None)
+            manifest["kind"] = kind
+            (path / "manifest.json").write_text(_json.dumps(manifest))
+        table = leaderboard(paths, reference="reference_run").set_index("run")
+        assert table.loc["other_run", "n_pairs"] == expected_pairs, kind
+        assert ("paired once each" in table.loc["other_run", "note"]) == (kind == "baseline")
