@@ -40,7 +40,7 @@ class CheckinTable:
 
     @property
     def subcategory_index(self) -> np.ndarray | None:
-        """Codes of the optional finer category (sorted names), or None when the table has none."""
+        """Codes of the optional finer category (sorted names; -1 where missing), or None when there is none."""
         if "subcategory" not in self.frame:
             return None
         return pd.factorize(self.frame["subcategory"], sort=True)[0].astype(np.int64)
@@ -133,7 +133,7 @@ def canonicalise(raw: pd.DataFrame, config: DatasetConfig, source_name: str) -> 
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], errors="coerce")
     frame["category"] = frame["category"].astype("string")
     if "subcategory" in frame:
-        frame["subcategory"] = frame["subcategory"].astype(str)
+        frame["subcategory"] = frame["subcategory"].astype("string")  # a missing value stays missing: code -1
     return frame[CANONICAL_COLUMNS + (["subcategory"] if "subcategory" in frame else [])]
 
 

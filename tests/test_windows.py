@@ -101,6 +101,11 @@ def test_history_counts_and_subcategories_by_hand(tmp_path):
         assert windows.history_counts[start].tolist() == expected.tolist()
         names = sorted(frame["venue_type"].unique())
         assert [names[i] for i in windows.subcategory_index[start]] == user.subcategory[start:start + 4].tolist()
+    # A missing subcategory is unknown (-1), not a category named "nan".
+    frame.loc[1, "venue_type"] = None
+    frame.to_csv(path, index=False)
+    with_gap = load_checkins(DatasetConfig(source="checkins", path=str(path), subcategory_column="venue_type"), "toy")
+    assert with_gap.subcategory_index[1] == -1 and (np.delete(with_gap.subcategory_index, 1) >= 0).all()
     # The second user's first window starts their own history from zero.
     assert windows.history_counts[10].sum() == 0 and windows.history_counts[11].sum() == 1
     # Without the column there is no subcategory; the data hash ignores the optional column.
