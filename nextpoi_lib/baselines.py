@@ -106,15 +106,21 @@ class MarkovChain:
         return np.array(predictions)
 
 
+def window_category_counts(windows: WindowSet, index: np.ndarray) -> np.ndarray:
+    """[n, C] how often each category occurs among the observed visits of each window."""
+    categories, mask = windows.category_index[index], windows.mask[index]
+    counts = np.zeros((len(index), len(windows.classes)))
+    for position in range(mask.shape[1]):
+        observed = mask[:, position]
+        counts[np.flatnonzero(observed), categories[observed, position]] += 1
+    return counts
+
+
 def window_feature_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:
     """Tabular features of the observed visits: categories by position, category counts, hour/weekday,
     time gaps and last coordinates. Nothing of the predicted visit."""
     categories, mask = windows.category_index[index], windows.mask[index]
-    num_classes = len(windows.classes)
-    counts = np.zeros((len(index), num_classes))
-    for position in range(mask.shape[1]):
-        observed = mask[:, position]
-        counts[np.flatnonzero(observed), categories[observed, position]] += 1
+    counts = window_category_counts(windows, index)
     nan = np.float32(np.nan)
     by_position = np.where(mask, categories, -1).astype(np.float32)
     hours = np.where(mask, windows.hour[index], nan)
@@ -132,12 +138,7 @@ def history_feature_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:
         raise ValueError("gbt_history_features needs the user's earlier check-ins, which a next.parquet file does "
                          "not hold. Load the check-in table (dataset.source: checkins) or set it to false.")
     before = windows.history_counts[index].astype(np.float64)
-    in_window = np.zeros_like(before)
-    categories, mask = windows.category_index[index], windows.mask[index]
-    for position in range(mask.shape[1]):
-        observed = mask[:, position]
-        in_window[np.flatnonzero(observed), categories[observed, position]] += 1
-    everything = before + in_window
+    everything = before + window_category_counts(windows, index)
     shares = everything / np.maximum(everything.sum(axis=1, keepdims=True), 1.0)
     return np.hstack([before, before.sum(axis=1, keepdims=True), shares])
 

@@ -154,7 +154,8 @@ class TrainingConfig:
     progress: bool = True
     # bf16 autocast on GPUs that support it (fp32 master weights and loss).
     mixed_precision: bool = True
-    # How the engine runs the (seed, fold) jobs; results do not depend on it (see nextpoi_lib/engine.py).
+    # How the engine runs the (seed, fold) jobs (see nextpoi_lib/engine.py). Fold workers give exactly the
+    # in-process numbers at equal thread counts; stacked folds draw dropout masks differently.
     # stack_folds: train the folds of a seed as one batched computation (torch.vmap, Transformer only);
     # "auto" = on CUDA yes, on CPU no (slower there).
     stack_folds: bool | Literal["auto"] = "auto"
