@@ -2,10 +2,13 @@
 
 Each baseline is a class with `fit(windows, index)` and `predict(windows, index)`; they look only at the
 observed visits of a window (never at the visit being predicted) and run in seconds on a CPU.
+The gradient-boosted trees can also be blended with a neural head trained on the same folds
+(`model.gbt_blend_head`): the blend weight is chosen on the inner validation users, like everything else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter, defaultdict
 
@@ -14,7 +17,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from .config import ExperimentConfig
 from .folds import FoldManifest
-from .metrics import fit_bias_offsets
+from .metrics import fit_bias_offsets, macro_f1_from_confusion
 from .windows import WindowSet
 
 
@@ -183,6 +186,13 @@ def out_of_fold_statistics(windows: WindowSet, keys: np.ndarray, train_index: np
     return statistics
 
 
+def class_sample_weights(target: np.ndarray, power: float) -> np.ndarray:
+    """Per-window weight (n / (k * count of its class)) ** power over the k classes present: power 1 is
+    scikit-learn's "balanced", 0.5 its square root (minority classes up-weighted, the majority less traded)."""
+    present, inverse, counts = np.unique(target, return_inverse=True, return_counts=True)
+    return ((len(target) / (len(present) * counts)) ** power)[inverse]
+
+
 class GradientBoostedTrees:
     """scikit-learn HistGradientBoostingClassifier on window features (category columns as categorical).
 
@@ -192,12 +202,14 @@ class GradientBoostedTrees:
     """
 
     def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0, poi_statistics: bool = False,
-                 subcategory_statistics: bool = False, history_features: bool = False, class_weight: str = "none"):
+                 subcategory_statistics: bool = False, history_features: bool = False, class_weight: str = "none",
+                 l2_regularization: float = 0.0):
         self.max_iter, self.learning_rate, self.seed = max_iter, learning_rate, seed
+        self.l2_regularization = l2_regularization
         self.statistics_keys = [key for key, wanted in (("poi", poi_statistics),
                                                         ("subcategory", subcategory_statistics)) if wanted]
         self.history_features = history_features
-        self.class_weight = None if class_weight == "none" else class_weight
+        self.class_weight = class_weight
 
     def _features(self, windows: WindowSet, index: np.ndarray, fitting: bool) -> np.ndarray:
         parts = [window_feature_matrix(windows, index)]
@@ -220,10 +232,13 @@ class GradientBoostedTrees:
         categorical[window_feature_matrix(windows, index[:1]).shape[1] - 2] = True
         self.model = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=self.learning_rate, categorical_features=categorical,
-            early_stopping=False, class_weight=self.class_weight, random_state=self.seed)
+            early_stopping=False, class_weight="balanced" if self.class_weight == "balanced" else None,
+            l2_regularization=self.l2_regularization, random_state=self.seed)
         # Padding (-1) is not a valid category code for the trees; shift codes by one so padding is 0.
         self._shift = categorical
-        self.model.fit(self._prepare(features), windows.target[index])
+        target = windows.target[index]
+        sample_weight = class_sample_weights(target, power=0.5) if self.class_weight == "sqrt_balanced" else None
+        self.model.fit(self._prepare(features), target, sample_weight=sample_weight)
         return self
 
     def _prepare(self, features: np.ndarray) -> np.ndarray:
@@ -250,42 +265,113 @@ BASELINE_REGISTRY = {
     "markov": lambda config, seed: MarkovChain(config.model.markov_order),
     "gradient_boosting": lambda config, seed: GradientBoostedTrees(
         config.model.gbt_max_iter, config.model.gbt_learning_rate, seed, config.model.gbt_poi_statistics,
-        config.model.gbt_subcategory_statistics, config.model.gbt_history_features, config.model.gbt_class_weight),
+        config.model.gbt_subcategory_statistics, config.model.gbt_history_features, config.model.gbt_class_weight,
+        config.model.gbt_l2_regularization),
 }
 
 
-def fit_and_predict(config: ExperimentConfig, windows: WindowSet, fold, seed: int):
-    """Fit on the fold's training windows; predictions on its test windows (and calibrated ones)."""
+# Blend weights of the neural head's log-probabilities tried on the inner validation users.
+BLEND_WEIGHTS = np.linspace(0.0, 1.0, 11)
+# Floor for log-probabilities: a class absent from a fold's training windows gets log(0) = -inf.
+LOG_PROBABILITY_FLOOR = -30.0
+
+
+@dataclasses.dataclass
+class FittedFold:
+    """What a fitted baseline says about one fold: test predictions, and log-probabilities where it has them."""
+    test_predicted: np.ndarray
+    inner_val_log_probability: np.ndarray | None = None
+    test_log_probability: np.ndarray | None = None
+
+
+def fit_fold(config: ExperimentConfig, windows: WindowSet, fold, seed: int) -> FittedFold:
+    """Fit on the fold's training windows; predict its test windows (and log-probabilities when needed)."""
     model = BASELINE_REGISTRY[config.model.name](config, seed).fit(windows, fold.train_index)
-    predicted = np.asarray(model.predict(windows, fold.test_index), dtype=np.int64)
-    predictions = {"selected": predicted, "last": predicted}
+    fitted = FittedFold(np.asarray(model.predict(windows, fold.test_index), dtype=np.int64))
+    wanted = config.training.bias_calibration or config.model.gbt_blend_head is not None
+    if wanted and hasattr(model, "predict_log_probability"):
+        fitted.inner_val_log_probability, fitted.test_log_probability = (
+            np.maximum(model.predict_log_probability(windows, index), LOG_PROBABILITY_FLOOR)
+            for index in (fold.inner_val_index, fold.test_index))
+    return fitted
+
+
+def choose_blend_weight(trees: np.ndarray, neural: np.ndarray, target: np.ndarray) -> float:
+    """The weight w in BLEND_WEIGHTS for which (1 - w) * trees + w * neural log-probabilities give the highest
+    macro-F1 on (inner validation) targets; ties go to the smaller weight (the trees alone at w = 0)."""
+    num_classes = trees.shape[1]
+    scores = []
+    for weight in BLEND_WEIGHTS:
+        predicted = np.argmax((1.0 - weight) * trees + weight * neural, axis=1)
+        confusion = np.bincount(target * num_classes + predicted, minlength=num_classes ** 2)
+        scores.append(macro_f1_from_confusion(confusion.reshape(num_classes, num_classes)))
+    return float(BLEND_WEIGHTS[int(np.argmax(scores))])
+
+
+def fold_predictions(config: ExperimentConfig, windows: WindowSet, fold, fitted: FittedFold,
+                     neural_log_probabilities: dict[str, np.ndarray] | None = None):
+    """Selected (and calibrated) test predictions of a fitted fold, blended with a neural head when given.
+    Returns (predictions, bias offsets or None, blend weight or None)."""
+    predictions = {"selected": fitted.test_predicted, "last": fitted.test_predicted}
+    validation, test = fitted.inner_val_log_probability, fitted.test_log_probability
+    if validation is None:
+        return predictions, None, None
+    weight = None
+    inner_val_target = windows.target[fold.inner_val_index]
+    if neural_log_probabilities is not None:
+        weight = choose_blend_weight(validation, neural_log_probabilities["inner_val"], inner_val_target)
+        validation = (1.0 - weight) * validation + weight * neural_log_probabilities["inner_val"]
+        test = (1.0 - weight) * test + weight * neural_log_probabilities["test"]
+        blended = np.argmax(test, axis=1)
+        predictions = {"selected": blended, "last": blended}
     offsets = None
-    if config.training.bias_calibration and hasattr(model, "predict_log_probability"):
+    if config.training.bias_calibration:
         # Same post-hoc offsets as for neural heads: fitted on the inner validation users only.
-        validation = np.maximum(model.predict_log_probability(windows, fold.inner_val_index), -1e9)
-        offsets = fit_bias_offsets(validation, windows.target[fold.inner_val_index])
-        test = np.maximum(model.predict_log_probability(windows, fold.test_index), -1e9)
+        offsets = fit_bias_offsets(validation, inner_val_target)
         predictions["calibrated"] = np.argmax(test + offsets, axis=1)
-    return predictions, offsets
+    return predictions, offsets, weight
 
 
 def run_baseline(config: ExperimentConfig, windows: WindowSet, fold_manifest: FoldManifest, progress=print):
-    """Fit on each fold's training windows, predict its test windows; same result shape as the engine."""
-    from .engine import CrossValidationResult, FoldResult
+    """Fit on each fold's training windows, predict its test windows; same result shape as the engine.
+    With model.gbt_blend_head, the neural head is cross-validated first on the same folds and seeds."""
+    from .engine import CrossValidationResult, FoldResult, cross_validate
 
-    results, fitted = [], {}
+    neural_results, neural_run = {}, None
+    head = config.model.gbt_blend_head
+    if head is not None:
+        progress(f"Blend: cross-validating the {head} head first; its inner-validation and test log-probabilities "
+                 f"are blended with the trees'")
+        neural_config = dataclasses.replace(config, model=dataclasses.replace(config.model, name=head))
+        neural_run = cross_validate(neural_config, windows, fold_manifest, progress)
+        neural_results = {(result.seed, result.fold): result for result in neural_run.fold_results}
+
+    results, fitted, blend_weights = [], {}, []
     for seed in config.training.seeds:
         for fold in fold_manifest.folds:
             started = time.perf_counter()
-            # These baselines draw no random numbers: fit each fold once and repeat it for every seed, so
-            # seed-paired comparisons with neural runs still find their pairs.
+            # The trees draw no random numbers: fit each fold once and reuse it for every seed, so seed-paired
+            # comparisons with neural runs still find their pairs (a blended neural head differs per seed).
             if fold.fold not in fitted:
-                fitted[fold.fold] = fit_and_predict(config, windows, fold, seed)
-            predictions, offsets = fitted[fold.fold]
+                fitted[fold.fold] = fit_fold(config, windows, fold, seed)
+            neural = neural_results.get((seed, fold.fold))
+            predictions, offsets, weight = fold_predictions(
+                config, windows, fold, fitted[fold.fold], None if neural is None else neural.log_probabilities)
             target = windows.target[fold.test_index]
-            results.append(FoldResult(seed=seed, fold=fold.fold, curves=[], selected_epoch=0, last_epoch=0,
+            seconds = time.perf_counter() - started + (0.0 if neural is None else neural.seconds)
+            results.append(FoldResult(seed=seed, fold=fold.fold, curves=[] if neural is None else neural.curves,
+                                      selected_epoch=0 if neural is None else neural.selected_epoch,
+                                      last_epoch=0 if neural is None else neural.last_epoch,
                                       test_target=target, predictions=dict(predictions), bias_offsets=offsets,
-                                      seconds=time.perf_counter() - started))
+                                      seconds=seconds))
+            blend = ""
+            if weight is not None:
+                blend_weights.append({"seed": seed, "fold": fold.fold, "neural_weight": weight})
+                blend = f" (neural weight {weight:.1f})"
             progress(f"[seed {seed} fold {fold.fold + 1}/{len(fold_manifest.folds)}] {config.model.name}: test accuracy "
-                     f"{(predictions['selected'] == target).mean():.4f}")
-    return CrossValidationResult(fold_results=results, device="cpu", device_name="cpu")
+                     f"{(predictions['selected'] == target).mean():.4f}{blend}")
+    if neural_run is None:
+        return CrossValidationResult(fold_results=results, device="cpu", device_name="cpu")
+    extra = {**neural_run.extra, "blend": {"head": head, "weights": blend_weights}}
+    return CrossValidationResult(fold_results=results, device=neural_run.device, device_name=neural_run.device_name,
+                                 extra=extra)

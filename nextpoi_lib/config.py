@@ -109,8 +109,14 @@ class ModelConfig:
     gbt_subcategory_statistics: bool = False
     # Category counts of the user's visits before the window: the part of their past the L visits don't show.
     gbt_history_features: bool = False
-    # "balanced" weights each training window inversely to its class frequency (scikit-learn class_weight).
-    gbt_class_weight: Literal["none", "balanced"] = "none"
+    # "balanced" weights each training window inversely to its class frequency (scikit-learn class_weight);
+    # "sqrt_balanced" by the square root of that weight: most of the minority-class gain, less lost accuracy.
+    gbt_class_weight: Literal["none", "balanced", "sqrt_balanced"] = "none"
+    gbt_l2_regularization: float = 0.0
+    # A neural head (a name of the model registry, configured by the other model/loss/optimizer/training keys)
+    # trained on the same folds; its log-probabilities are blended with the trees' with a weight chosen on the
+    # inner validation users. null: trees alone.
+    gbt_blend_head: str | None = None
 
 
 @dataclass
@@ -389,6 +395,14 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     known = sorted(MODEL_REGISTRY) + sorted(BASELINE_REGISTRY)
     _require(m.name in MODEL_REGISTRY or m.name in BASELINE_REGISTRY,
              f"model.name={m.name!r} is not a registered model. Valid choices: {', '.join(known)}.")
+    _require(m.gbt_l2_regularization >= 0, f"model.gbt_l2_regularization={m.gbt_l2_regularization} must be >= 0.")
+    if m.gbt_blend_head is not None:
+        _require(m.name == "gradient_boosting",
+                 f"model.gbt_blend_head={m.gbt_blend_head!r} blends a neural head into the gradient-boosted trees, "
+                 f"but model.name={m.name!r}: set model.name: gradient_boosting or gbt_blend_head: null.")
+        _require(m.gbt_blend_head in MODEL_REGISTRY,
+                 f"model.gbt_blend_head={m.gbt_blend_head!r} is not a neural head. Valid choices: "
+                 f"{', '.join(sorted(MODEL_REGISTRY))} or null.")
     if m.gbt_subcategory_statistics:
         _require(d.source == "foursquare_nyc" or (d.source == "checkins" and d.subcategory_column),
                  f"model.gbt_subcategory_statistics=true needs a finer category per check-in, and dataset.source="

@@ -171,6 +171,9 @@ class FoldResult:
     attention: np.ndarray | None = None  # mean pooling weight per position (selected weights)
     bias_offsets: np.ndarray | None = None
     seconds: float = 0.0  # stacked folds: the seed's wall time shared equally among its folds
+    # Selected weights' log-probabilities, {"inner_val": [n_val, C], "test": [n_test, C]}: what a blend with
+    # another model needs. Kept in memory only; run folders do not store them.
+    log_probabilities: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -268,7 +271,8 @@ def _epoch_curve(seed: int, fold: int, epoch: int, stats: np.ndarray, n_train: i
 
 def _test_predictions(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, fold: Fold, criterion,
                       autocast: bool, last_model, load_selected):
-    """Predictions on the test fold with the last weights, then with the selected ones (+ attention, offsets)."""
+    """Predictions on the test fold with the last weights, then with the selected ones (+ attention, offsets,
+    and the selected weights' log-probabilities on the inner validation users and the test fold)."""
     num_classes, batch_size = len(windows.classes), config.training.batch_size * 4
     test_index = torch.from_numpy(fold.test_index).to(data.storage_device)
     with_attention = config.model.name in HEADS_WITH_ATTENTION
@@ -280,17 +284,19 @@ def _test_predictions(config: ExperimentConfig, data: WindowTensors, windows: Wi
     _, _, test_log_probabilities, attention_sum = evaluate(model, data, test_index, criterion, num_classes,
                                                            batch_size, autocast, with_attention)
     predictions["selected"] = test_log_probabilities.argmax(dim=1).cpu().numpy()
+    inner_val_index = torch.from_numpy(fold.inner_val_index).to(data.storage_device)
+    _, _, val_log_probabilities, _ = evaluate(model, data, inner_val_index, criterion, num_classes, batch_size,
+                                              autocast)
+    log_probabilities = {"inner_val": val_log_probabilities.float().cpu().numpy(),
+                         "test": test_log_probabilities.float().cpu().numpy()}
     offsets = None
     if config.training.bias_calibration:
-        inner_val_index = torch.from_numpy(fold.inner_val_index).to(data.storage_device)
-        _, _, val_log_probabilities, _ = evaluate(model, data, inner_val_index, criterion, num_classes, batch_size,
-                                                  autocast)
-        offsets = fit_bias_offsets(val_log_probabilities.cpu().numpy(), windows.target[fold.inner_val_index])
-        predictions["calibrated"] = np.argmax(test_log_probabilities.cpu().numpy() + offsets, axis=1)
+        offsets = fit_bias_offsets(log_probabilities["inner_val"], windows.target[fold.inner_val_index])
+        predictions["calibrated"] = np.argmax(log_probabilities["test"] + offsets, axis=1)
     attention = None
     if attention_sum is not None:
         attention = (attention_sum / len(test_index)).cpu().numpy()
-    return predictions, attention, offsets
+    return predictions, attention, offsets, log_probabilities
 
 
 def train_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, fold: Fold, seed: int,
@@ -367,11 +373,12 @@ def train_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet
         model.load_state_dict(best_state)
         return model
 
-    predictions, attention, offsets = _test_predictions(config, data, windows, fold, criterion, autocast, model,
-                                                        load_selected)
+    predictions, attention, offsets, log_probabilities = _test_predictions(config, data, windows, fold, criterion,
+                                                                           autocast, model, load_selected)
     return FoldResult(seed=seed, fold=fold.fold, curves=curves, selected_epoch=best_epoch, last_epoch=epoch,
                       test_target=windows.target[fold.test_index], predictions=predictions, attention=attention,
-                      bias_offsets=offsets, seconds=time.perf_counter() - started)
+                      bias_offsets=offsets, seconds=time.perf_counter() - started,
+                      log_probabilities=log_probabilities)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -646,13 +653,13 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
     results = []
     seconds = (time.perf_counter() - started) / K
     for k, fold in enumerate(folds):
-        predictions, attention, offsets = _test_predictions(
+        predictions, attention, offsets, log_probabilities = _test_predictions(
             config, data, windows, fold, criteria[k], autocast, views[k],
             lambda k=k: FoldView(template, layout, best_flat[k]))
         results.append(FoldResult(seed=seed, fold=fold.fold, curves=curves[k], selected_epoch=best_epoch[k],
                                   last_epoch=last_epoch[k], test_target=windows.target[fold.test_index],
                                   predictions=predictions, attention=attention, bias_offsets=offsets,
-                                  seconds=seconds))
+                                  seconds=seconds, log_probabilities=log_probabilities))
     return results
 
 

@@ -86,7 +86,8 @@ def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress) 
 
     e = config.embeddings
     pois = poi_table(checkins)
-    if "embedding" not in config.windows.features or config.model.name in BASELINE_REGISTRY:
+    trees_alone = config.model.name in BASELINE_REGISTRY and config.model.gbt_blend_head is None
+    if "embedding" not in config.windows.features or trees_alone:
         # Neither the feature set nor a reference baseline uses POI embeddings: skip computing them.
         return pd.DataFrame(index=pd.Index(pois["poi_id"], name="poi_id"))
     if e.source == "table":
@@ -123,6 +124,14 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None) -> 
              + (f"; {report['missing_embedding_visits']} visits without embedding ({report['missing_embedding_policy']})"
                 if report.get("missing_embedding_visits") else ""))
     return PreparedData(windows=windows, fold_manifest=manifest, data_hash=data_hash, dataset_name=dataset_name)
+
+
+def run_kind(config: ExperimentConfig) -> str:
+    """"baseline" (reference baselines and trees: no random numbers), "neural", or "hybrid" (trees blended
+    with a neural head: depends on the seed like a neural run)."""
+    if config.model.name not in BASELINE_REGISTRY:
+        return "neural"
+    return "baseline" if config.model.gbt_blend_head is None else "hybrid"
 
 
 def git_commit() -> str:
@@ -196,7 +205,7 @@ def write_run(config: ExperimentConfig, prepared: PreparedData, result: CrossVal
                                                            indent=2))
         (temporary / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         (temporary / "fold_manifest.json").write_text(json.dumps(prepared.fold_manifest.to_json()))
-        kind = "baseline" if config.model.name in BASELINE_REGISTRY else "neural"
+        kind = run_kind(config)
         manifest = {
             "status": "complete", "run_name": config.name, "dataset": prepared.dataset_name,
             "task": "next_category_with_target_time" if config.windows.target_time_features else "next_category",
@@ -210,10 +219,12 @@ def write_run(config: ExperimentConfig, prepared: PreparedData, result: CrossVal
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "duration_seconds": round(duration, 2), "model": config.model.name, "kind": kind,
             # Reference baselines draw no random numbers: their seeds repeat the same folds.
-            "seed_dependent": kind == "neural",
+            "seed_dependent": kind != "baseline",
             "features": config.windows.features,
             # Stacked folds draw dropout masks differently from one fold at a time: say which path ran.
             "engine": result.extra.get("engine", {"mode": "baseline"}),
+            # Trees blended with a neural head: the head and the weight chosen per (seed, fold).
+            **({"blend": result.extra["blend"]} if "blend" in result.extra else {}),
             "selected_epochs": [{"seed": f.seed, "fold": f.fold, "epoch": f.selected_epoch}
                                 for f in result.fold_results],
         }

@@ -62,7 +62,12 @@ def test_invalid_choice_lists_valid_ones():
     ({"dataset": {"source": "checkins", "path": "x.csv"},
       "model": {"name": "gradient_boosting", "gbt_subcategory_statistics": True}},
      r"gbt_subcategory_statistics=true.*dataset\.subcategory_column"),
-    ({"model": {"gbt_class_weight": "inverse"}}, r"model\.gbt_class_weight='inverse'.*'none', 'balanced'"),
+    ({"model": {"gbt_class_weight": "inverse"}},
+     r"model\.gbt_class_weight='inverse'.*'none', 'balanced', 'sqrt_balanced'"),
+    ({"model": {"gbt_l2_regularization": -1.0}}, r"model\.gbt_l2_regularization=-1\.0 must be >= 0"),
+    ({"model": {"name": "gradient_boosting", "gbt_blend_head": "xgboost"}},
+     r"model\.gbt_blend_head='xgboost' is not a neural head\. Valid choices: .*gru.*transformer.* or null"),
+    ({"model": {"name": "gru", "gbt_blend_head": "gru"}}, r"but model\.name='gru': set model\.name: gradient_boosting"),
 ])
 def test_impossible_values_fail(overrides, message):
     with pytest.raises(ConfigError, match=message):

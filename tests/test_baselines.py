@@ -1,0 +1,114 @@
+"""Reference baselines and the trees' options: class weights, and the blend with a neural head."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from nextpoi_lib import baselines
+from nextpoi_lib.baselines import (BLEND_WEIGHTS, GradientBoostedTrees, choose_blend_weight, class_sample_weights,
+                                   run_baseline)
+from nextpoi_lib.engine import cross_validate
+from nextpoi_lib.runs import prepare_data, run_experiment
+from test_engine import synthetic_config
+
+
+def test_class_sample_weights_by_hand():
+    target = np.array([0, 0, 0, 1, 2, 2])  # n = 6, 3 classes with counts 3, 1, 2
+    balanced = class_sample_weights(target, power=1.0)
+    np.testing.assert_allclose(balanced, [6 / 9] * 3 + [6 / 3] + [6 / 6] * 2)
+    # power 1: every class carries the same total weight, like scikit-learn's class_weight="balanced".
+    np.testing.assert_allclose(np.bincount(target, weights=balanced), [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(class_sample_weights(target, power=0.5), np.sqrt(balanced))
+
+
+def test_sqrt_balanced_trees_are_fitted_with_those_weights(tmp_path, monkeypatch):
+    config = synthetic_config(tmp_path, model={"name": "gradient_boosting"})
+    windows = prepare_data(config).windows
+    seen = {}
+    original_fit = baselines.HistGradientBoostingClassifier.fit
+
+    def recording_fit(self, features, target, sample_weight=None):
+        seen.update(target=target, sample_weight=sample_weight, l2=self.l2_regularization,
+                    class_weight=self.class_weight)
+        return original_fit(self, features, target, sample_weight=sample_weight)
+
+    monkeypatch.setattr(baselines.HistGradientBoostingClassifier, "fit", recording_fit)
+    train = np.arange(300)
+    GradientBoostedTrees(max_iter=5, class_weight="sqrt_balanced", l2_regularization=0.5).fit(windows, train)
+    counts = np.bincount(windows.target[train])
+    present = np.count_nonzero(counts)
+    expected = np.sqrt(len(train) / (present * counts[windows.target[train]]))
+    np.testing.assert_allclose(seen["sample_weight"], expected)
+    assert seen["class_weight"] is None and seen["l2"] == 0.5
+    GradientBoostedTrees(max_iter=5, class_weight="balanced").fit(windows, train)
+    assert seen["class_weight"] == "balanced" and seen["sample_weight"] is None
+
+
+def _macro_f1(target, log_probabilities):
+    return f1_score(target, log_probabilities.argmax(axis=1), average="macro", labels=range(log_probabilities.shape[1]),
+                    zero_division=0)
+
+
+def test_blend_weight_follows_the_informative_model():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 4, 400)
+    informative = np.log(np.full((400, 4), 0.1))
+    informative[np.arange(400), target] = np.log(0.7)
+    noise = np.log(rng.dirichlet(np.ones(4), 400))
+    # Trees perfect, neural head noise: the smallest weight that keeps the trees' answer, i.e. 0.
+    assert choose_blend_weight(informative, noise, target) == 0.0
+    # Trees noise, neural head perfect: a weight that reaches macro-F1 1, and the best on the grid.
+    weight = choose_blend_weight(noise, informative, target)
+    scores = [_macro_f1(target, (1 - w) * noise + w * informative) for w in BLEND_WEIGHTS]
+    assert weight > 0 and _macro_f1(target, (1 - weight) * noise + weight * informative) == max(scores) == 1.0
+    assert weight == BLEND_WEIGHTS[int(np.argmax(scores))]
+
+
+def test_blended_run_equals_trees_and_head_combined_independently(tmp_path):
+    """The blend's test predictions are the argmax of (1 - w) trees + w head, with w the grid weight of best
+    inner-validation macro-F1, recomputed here from a separately trained head and separately fitted trees."""
+    config = synthetic_config(tmp_path, name="blend",
+                              model={"name": "gradient_boosting", "gbt_max_iter": 20, "gbt_blend_head": "gru"},
+                              training={"epochs": 3, "seeds": [0, 1], "bias_calibration": True})
+    prepared = prepare_data(config)
+    windows, manifest = prepared.windows, prepared.fold_manifest
+    # Make the task need both: the category cycle (learnable) with a quarter of the labels replaced by noise.
+    rng = np.random.default_rng(1)
+    noisy = rng.random(len(windows)) < 0.25
+    windows.target = np.where(noisy, rng.integers(0, len(windows.classes), len(windows)), windows.target)
+    result = run_baseline(config, windows, manifest, progress=lambda message: None)
+
+    head_config = dataclasses.replace(config, model=dataclasses.replace(config.model, name="gru"))
+    head = {(r.seed, r.fold): r for r in cross_validate(head_config, windows, manifest).fold_results}
+    weights = {(w["seed"], w["fold"]): w["neural_weight"] for w in result.extra["blend"]["weights"]}
+    assert set(weights) == {(seed, fold.fold) for seed in (0, 1) for fold in manifest.folds}
+    for fold_result in result.fold_results:
+        fold = manifest.folds[fold_result.fold]
+        neural = head[(fold_result.seed, fold.fold)]
+        # The head's kept log-probabilities are those of its selected weights.
+        np.testing.assert_array_equal(neural.log_probabilities["test"].argmax(axis=1), neural.predictions["selected"])
+        trees = GradientBoostedTrees(max_iter=20).fit(windows, fold.train_index)
+        trees_val, trees_test = (np.maximum(trees.predict_log_probability(windows, index), -30.0)
+                                 for index in (fold.inner_val_index, fold.test_index))
+        val_target = windows.target[fold.inner_val_index]
+        scores = [_macro_f1(val_target, (1 - w) * trees_val + w * neural.log_probabilities["inner_val"])
+                  for w in BLEND_WEIGHTS]
+        weight = BLEND_WEIGHTS[int(np.argmax(scores))]
+        assert weights[(fold_result.seed, fold.fold)] == pytest.approx(weight)
+        expected = ((1 - weight) * trees_test + weight * neural.log_probabilities["test"]).argmax(axis=1)
+        np.testing.assert_array_equal(fold_result.predictions["selected"], expected)
+        assert fold_result.curves == neural.curves and "calibrated" in fold_result.predictions
+
+
+def test_blended_run_folder_says_hybrid_and_seed_dependent(tmp_path):
+    config = synthetic_config(tmp_path, name="blend",
+                              model={"name": "gradient_boosting", "gbt_max_iter": 10, "gbt_blend_head": "gru"},
+                              training={"epochs": 2, "seeds": [0, 1]})
+    manifest = json.loads((run_experiment(config) / "manifest.json").read_text())
+    assert manifest["kind"] == "hybrid" and manifest["seed_dependent"] is True
+    assert manifest["blend"]["head"] == "gru" and len(manifest["blend"]["weights"]) == 2 * 3
+    trees_alone = synthetic_config(tmp_path, name="trees", model={"name": "gradient_boosting", "gbt_max_iter": 10})
+    manifest = json.loads((run_experiment(trees_alone) / "manifest.json").read_text())
+    assert manifest["kind"] == "baseline" and manifest["seed_dependent"] is False and "blend" not in manifest
