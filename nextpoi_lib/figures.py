@@ -383,10 +383,10 @@ def _paired(run: Run, ref: Run, selection: str, metric: str):
     a = _rows(run, selection)[["seed", "fold", metric]]
     b = _rows(ref, selection)[["seed", "fold", metric]]
     merged = a.merge(b, on=["seed", "fold"], suffixes=("_run", "_ref")).dropna().sort_values(["seed", "fold"])
-    if not seed_dependent(run) and not seed_dependent(ref):
-        # Neither run draws random numbers: its seeds are copies of the same folds, and counting them as
-        # separate pairs would fake a larger n. Pair each fold once.
-        merged = merged.drop_duplicates("fold")
+    if not (seed_dependent(run) and seed_dependent(ref)):
+        # A run that draws no random numbers repeats the same folds under every seed: counting the copies as
+        # separate pairs would fake a larger n. Average the other run over its seeds and pair each fold once.
+        merged = merged.groupby("fold", as_index=False)[[f"{metric}_run", f"{metric}_ref"]].mean()
     return merged[f"{metric}_run"].to_numpy(float), merged[f"{metric}_ref"].to_numpy(float)
 
 
@@ -444,6 +444,9 @@ def leaderboard(runs, reference=None, selection: str = "selected", metric: str =
                 else:
                     if not seed_dependent(run) and not seed_dependent(ref):
                         notes.append(f"both runs ignore the seed: {len(x)} folds paired once each")
+                    elif not (seed_dependent(run) and seed_dependent(ref)):
+                        notes.append(f"one run ignores the seed: {len(x)} folds paired once each, the other "
+                                     f"run averaged over its seeds")
                     elif len(x) < n_all:
                         notes.append(f"only {len(x)} of {n_all} (seed, fold) pairs match the reference")
                     diff = x - y

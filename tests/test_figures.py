@@ -471,3 +471,26 @@ def test_seed_dependence_of_older_run_folders_follows_their_kind(tmp_path):
         table = leaderboard(paths, reference="reference_run").set_index("run")
         assert table.loc["other_run", "n_pairs"] == expected_pairs, kind
         assert ("paired once each" in table.loc["other_run", "note"]) == (kind == "baseline")
+
+
+def test_seed_dependent_run_against_a_deterministic_one_pairs_fold_means(tmp_path):
+    """A neural run (3 seeds) against a baseline that ignores the seed: 5 pairs of (mean over seeds, baseline)."""
+    import json as _json
+
+    import pandas as _pd
+    from scipy.stats import wilcoxon
+
+    from nextpoi_lib.figures import leaderboard
+    from runfixtures import make_fake_run
+
+    paths = [make_fake_run(tmp_path, run_name=name, seeds=(0, 1, 2), quality=q, rng_seed=r)
+             for name, q, r in (("reference_run", 0.5, 1), ("other_run", 0.7, 2))]
+    manifest = _json.loads((paths[0] / "manifest.json").read_text())
+    manifest["seed_dependent"] = False
+    (paths[0] / "manifest.json").write_text(_json.dumps(manifest))
+    table = leaderboard(paths, reference="reference_run").set_index("run")
+    assert table.loc["other_run", "n_pairs"] == 5 and "one run ignores the seed" in table.loc["other_run", "note"]
+    rows = [_pd.read_csv(path / "fold_metrics.csv").query("selection == 'selected'") for path in paths]
+    reference = rows[0].groupby("fold").macro_f1.mean().sort_index()  # its seeds are copies in a real run
+    other = rows[1].groupby("fold").macro_f1.mean().sort_index()
+    assert table.loc["other_run", "p_wilcoxon"] == pytest.approx(wilcoxon(other, reference).pvalue)
