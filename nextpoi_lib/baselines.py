@@ -366,7 +366,7 @@ def run_baseline(config: ExperimentConfig, windows: WindowSet, fold_manifest: Fo
                                       seconds=seconds))
             blend = ""
             if weight is not None:
-                blend_weights.append({"seed": seed, "fold": fold.fold, "neural_weight": weight})
+                blend_weights.append({"seed": seed, "fold": fold.fold, "neural_weight": round(weight, 3)})
                 blend = f" (neural weight {weight:.1f})"
             progress(f"[seed {seed} fold {fold.fold + 1}/{len(fold_manifest.folds)}] {config.model.name}: test accuracy "
                      f"{(predictions['selected'] == target).mean():.4f}{blend}")
