@@ -127,8 +127,8 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None) -> 
 
 
 def run_kind(config: ExperimentConfig) -> str:
-    """"baseline" (reference baselines and trees: no random numbers), "neural", or "hybrid" (trees blended
-    with a neural head: depends on the seed like a neural run)."""
+    """The run's kind: "baseline" (reference baselines and trees, which draw no random numbers), "neural", or
+    "hybrid" (trees blended with a neural head: depends on the seed like a neural run)."""
     if config.model.name not in BASELINE_REGISTRY:
         return "neural"
     return "baseline" if config.model.gbt_blend_head is None else "hybrid"
