@@ -77,14 +77,16 @@ case "${1:-}" in
     setup no
     shift
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-    # Full settings on a GPU; on a CPU-only machine the cpu-results profile (5 epochs, one seed).
-    # Complete runs are skipped, so an interrupted call resumes.
+    # Baselines and the recommended experiments (their 20-epoch GRUs included) always at full settings; the
+    # grid of our users' 100-epoch runs at full settings on a GPU, on a CPU-only machine with the cpu-results
+    # profile (5 epochs, one seed). Complete runs are skipped, so an interrupted call resumes.
     profile=cpu-results
     if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then profile=gpu; fi
     status=0
-    nextpoi batch parameters/baselines/*.yaml parameters/recommended.yaml parameters/recommended_labels_only.yaml --output-root outputs/results --cell-timeout 0 "$@" || status=$?
-    nextpoi batch parameters/recommended_neural.yaml parameters/recommended_category_only.yaml parameters/baseline.yaml \
-      parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
+    nextpoi batch parameters/baselines/*.yaml parameters/recommended.yaml parameters/recommended_labels_only.yaml \
+      parameters/recommended_neural.yaml parameters/recommended_category_only.yaml \
+      --output-root outputs/results --cell-timeout 0 "$@" || status=$?
+    nextpoi batch parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
       --profile "$profile" --output-root outputs/results --cell-timeout 0 "$@" || status=$?
     nextpoi report --output-root outputs/results --output outputs/results/report.html
     exit $status ;;
