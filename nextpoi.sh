@@ -3,7 +3,7 @@
 #   ./nextpoi.sh main   set up, run baseline + A-D on the embedded dataset, write outputs/report.html
 #   ./nextpoi.sh test   set up (with test tools), run the whole test suite
 #   ./nextpoi.sh setup  only set up the virtual environment (.venv, or $NEXTPOI_VENV)
-#   ./nextpoi.sh results  the runs behind docs/results.md (baselines, recommended, baseline, A-D) + report
+#   ./nextpoi.sh results  the runs behind docs/results.md (baselines, the recommended four, baseline, A-D) + report
 # Set NEXTPOI_PYTHON to the python of an existing environment (e.g. a conda env with a CUDA torch) to use it
 # instead of creating .venv.
 set -euo pipefail
