@@ -86,8 +86,7 @@ def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress) 
 
     e = config.embeddings
     pois = poi_table(checkins)
-    trees_alone = config.model.name in BASELINE_REGISTRY and config.model.gbt_blend_head is None
-    if "embedding" not in config.windows.features or trees_alone:
+    if "embedding" not in config.windows.features or run_kind(config) == "baseline":
         # Neither the feature set nor a reference baseline uses POI embeddings: skip computing them.
         return pd.DataFrame(index=pd.Index(pois["poi_id"], name="poi_id"))
     if e.source == "table":
