@@ -212,14 +212,28 @@ def test_analysis_notebook_in_jupyterlab(jupyterlab):
             page.locator('li[data-command="runmenu:run-all"]').click()
 
             toggle = page.locator(".widget-toggle-buttons button", has_text="Row-normalised")
+            widget_cell = page.locator(".jp-Notebook .jp-CodeCell").last
             try:
-                toggle.wait_for(state="visible", timeout=90_000)
+                rendered_or_race = toggle.or_(widget_cell.get_by_text("Error displaying widget: model not found"))
+                rendered_or_race.first.wait_for(state="visible", timeout=90_000)
+                if not toggle.is_visible():
+                    # A known JupyterLab/ipywidgets start-up race (jupyter-widgets/ipywidgets#3549, #3823): the
+                    # widget manager's first state request to a fresh kernel can cross the cell that creates the
+                    # widgets. A user re-runs the cell; so does this test, once (in place), then asks for the full app.
+                    console_errors[:] = [m for m in console_errors if "model not found" not in m]
+                    widget_cell.locator(".jp-InputArea-editor").click()
+                    page.keyboard.press("Control+Enter")  # run in place: no new cell below
+                    toggle.wait_for(state="visible", timeout=60_000)
                 page.wait_for_function(f"(() => {{ const r = ({CONFUSION_WIDGET_TEXT})(); "
                                        "return r && r.cells.length >= 27; })()", timeout=30_000)
             except Exception:
+                widget_cell.scroll_into_view_if_needed()
                 page.screenshot(path=str(TEST_OUTPUT / "jupyterlab-failure.png"))
-                raise AssertionError("the AnalysisApp widgets did not render; see test-output/jupyterlab-failure.png"
-                                     f"\nserver log:\n{jupyterlab['log']()}")
+                raise AssertionError(
+                    "the AnalysisApp widgets did not render; see test-output/jupyterlab-failure.png\n"
+                    f"widget cell prompt {widget_cell.locator('.jp-InputPrompt').inner_text()!r}, output "
+                    f"{widget_cell.locator('.jp-OutputArea').inner_text()[:500]!r}\nbrowser console errors: "
+                    f"{console_errors[-5:]}\nserver log:\n{jupyterlab['log']()}")
 
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
             tracebacks = [t for t in errors.all_inner_texts() if "Error" in t or "Traceback" in t]
