@@ -2,8 +2,9 @@
 
 Each baseline is a class with `fit(windows, index)` and `predict(windows, index)`; they look only at the
 observed visits of a window (never at the visit being predicted) and run in seconds on a CPU.
-The gradient-boosted trees can also be blended with a neural head trained on the same folds
-(`model.gbt_blend_head`): the blend weight is chosen on the inner validation users, like everything else.
+The gradient-boosted trees can be averaged with a random forest on the same features (`model.gbt_forest_trees`)
+and blended with a neural head trained on the same folds (`model.gbt_blend_head`): the blend weight is chosen
+on the inner validation users, like everything else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections import Counter, defaultdict
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
 from .config import ExperimentConfig
 from .folds import FoldManifest
@@ -193,19 +194,30 @@ def class_sample_weights(target: np.ndarray, power: float) -> np.ndarray:
     return ((len(target) / (len(present) * counts)) ** power)[inverse]
 
 
+# Floor for log-probabilities: a class absent from a fold's training windows gets log(0) = -inf.
+LOG_PROBABILITY_FLOOR = -30.0
+# The forest averaged with the boosted trees (gbt_forest_trees): chosen on the inner validation users of
+# folds 1-2 among 1/3/10 windows per leaf and 15/30/50% of the features per split (docs/results.md).
+FOREST_MIN_SAMPLES_LEAF = 3
+FOREST_MAX_FEATURES = 0.3
+
+
 class GradientBoostedTrees:
     """scikit-learn HistGradientBoostingClassifier on window features (category columns as categorical).
 
     Optional extra features: next-category statistics keyed by the last POI and/or the last subcategory
     (out-of-fold for the training rows), and the user's history before the window. Without early stopping
-    or feature subsampling it draws no random numbers: one fit per fold serves every seed.
+    or feature subsampling it draws no random numbers: one fit per fold serves every seed. With
+    forest_trees > 0 a RandomForestClassifier on the same features and weights is fitted too (seeded by
+    `seed`), and the prediction is the argmax of the two models' averaged log-probabilities.
     """
 
     def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0, poi_statistics: bool = False,
                  subcategory_statistics: bool = False, history_features: bool = False, class_weight: str = "none",
-                 l2_regularization: float = 0.0):
+                 l2_regularization: float = 0.0, forest_trees: int = 0):
         self.max_iter, self.learning_rate, self.seed = max_iter, learning_rate, seed
         self.l2_regularization = l2_regularization
+        self.forest_trees = forest_trees
         self.statistics_keys = [key for key, wanted in (("poi", poi_statistics),
                                                         ("subcategory", subcategory_statistics)) if wanted]
         self.history_features = history_features
@@ -238,7 +250,15 @@ class GradientBoostedTrees:
         self._shift = categorical
         target = windows.target[index]
         sample_weight = class_sample_weights(target, power=0.5) if self.class_weight == "sqrt_balanced" else None
-        self.model.fit(self._prepare(features), target, sample_weight=sample_weight)
+        features = self._prepare(features)
+        self.model.fit(features, target, sample_weight=sample_weight)
+        self.forest = None
+        if self.forest_trees:
+            power = {"none": 0.0, "balanced": 1.0, "sqrt_balanced": 0.5}[self.class_weight]
+            self.forest = RandomForestClassifier(
+                n_estimators=self.forest_trees, min_samples_leaf=FOREST_MIN_SAMPLES_LEAF,
+                max_features=FOREST_MAX_FEATURES, n_jobs=-1, random_state=self.seed,
+            ).fit(self._forest_input(features), target, sample_weight=class_sample_weights(target, power))
         return self
 
     def _prepare(self, features: np.ndarray) -> np.ndarray:
@@ -246,16 +266,33 @@ class GradientBoostedTrees:
         features[:, self._shift] += 1
         return features
 
+    @staticmethod
+    def _forest_input(features: np.ndarray) -> np.ndarray:
+        # Padded positions are NaN (hours, weekdays, gaps: never negative when present); -1 puts them apart.
+        return np.nan_to_num(features, nan=-1.0)
+
     def predict(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
+        if self.forest is not None:
+            return np.argmax(self.predict_log_probability(windows, index), axis=1)
         return self.model.predict(self._prepare(self._features(windows, index, fitting=False)))
 
     def predict_log_probability(self, windows: WindowSet, index: np.ndarray) -> np.ndarray:
-        """[n, C] log-probabilities over all classes (a class absent from training gets -inf)."""
-        probability = self.model.predict_proba(self._prepare(self._features(windows, index, fitting=False)))
-        full = np.zeros((len(index), len(windows.classes)))
-        full[:, self.model.classes_] = probability
-        with np.errstate(divide="ignore"):
-            return np.log(full)
+        """[n, C] log-probabilities over all classes (a class absent from training gets -inf, or the floor
+        when averaged with the forest)."""
+        features = self._prepare(self._features(windows, index, fitting=False))
+        boosted = _log_probability_over_classes(self.model, features, len(windows.classes))
+        if self.forest is None:
+            return boosted
+        forest = _log_probability_over_classes(self.forest, self._forest_input(features), len(windows.classes))
+        return 0.5 * (np.maximum(boosted, LOG_PROBABILITY_FLOOR) + np.maximum(forest, LOG_PROBABILITY_FLOOR))
+
+
+def _log_probability_over_classes(model, features: np.ndarray, num_classes: int) -> np.ndarray:
+    """A fitted scikit-learn classifier's log-probabilities, with a column for every class of the data."""
+    full = np.zeros((len(features), num_classes))
+    full[:, model.classes_] = model.predict_proba(features)
+    with np.errstate(divide="ignore"):
+        return np.log(full)
 
 
 BASELINE_REGISTRY = {
@@ -266,14 +303,12 @@ BASELINE_REGISTRY = {
     "gradient_boosting": lambda config, seed: GradientBoostedTrees(
         config.model.gbt_max_iter, config.model.gbt_learning_rate, seed, config.model.gbt_poi_statistics,
         config.model.gbt_subcategory_statistics, config.model.gbt_history_features, config.model.gbt_class_weight,
-        config.model.gbt_l2_regularization),
+        config.model.gbt_l2_regularization, config.model.gbt_forest_trees),
 }
 
 
 # Blend weights of the neural head's log-probabilities tried on the inner validation users.
 BLEND_WEIGHTS = np.linspace(0.0, 1.0, 11)
-# Floor for log-probabilities: a class absent from a fold's training windows gets log(0) = -inf.
-LOG_PROBABILITY_FLOOR = -30.0
 
 
 @dataclasses.dataclass
@@ -282,6 +317,11 @@ class FittedFold:
     test_predicted: np.ndarray
     inner_val_log_probability: np.ndarray | None = None
     test_log_probability: np.ndarray | None = None
+
+
+def draws_random_numbers(config: ExperimentConfig) -> bool:
+    """Whether a reference baseline's fit depends on the seed: only the trees averaged with a random forest."""
+    return config.model.name == "gradient_boosting" and config.model.gbt_forest_trees > 0
 
 
 def fit_fold(config: ExperimentConfig, windows: WindowSet, fold, seed: int) -> FittedFold:
@@ -351,13 +391,14 @@ def run_baseline(config: ExperimentConfig, windows: WindowSet, fold_manifest: Fo
     for seed in config.training.seeds:
         for fold in fold_manifest.folds:
             started = time.perf_counter()
-            # The trees draw no random numbers: fit each fold once and reuse it for every seed, so seed-paired
-            # comparisons with neural runs still find their pairs (a blended neural head differs per seed).
-            if fold.fold not in fitted:
-                fitted[fold.fold] = fit_fold(config, windows, fold, seed)
+            # Baselines that draw no random numbers are fitted once per fold and reused for every seed, so
+            # seed-paired comparisons with neural runs still find their pairs (a blended head differs per seed).
+            key = (seed if draws_random_numbers(config) else None, fold.fold)
+            if key not in fitted:
+                fitted[key] = fit_fold(config, windows, fold, seed)
             neural = neural_results.get((seed, fold.fold))
             predictions, offsets, weight = fold_predictions(
-                config, windows, fold, fitted[fold.fold], None if neural is None else neural.log_probabilities)
+                config, windows, fold, fitted[key], None if neural is None else neural.log_probabilities)
             target = windows.target[fold.test_index]
             seconds = time.perf_counter() - started + (0.0 if neural is None else neural.seconds)
             results.append(FoldResult(seed=seed, fold=fold.fold, curves=[] if neural is None else neural.curves,

@@ -113,6 +113,11 @@ class ModelConfig:
     # "sqrt_balanced" by the square root of that weight: most of the minority-class gain, less lost accuracy.
     gbt_class_weight: Literal["none", "balanced", "sqrt_balanced"] = "none"
     gbt_l2_regularization: float = 0.0
+    # > 0: also fit a random forest of this many trees (scikit-learn RandomForestClassifier: >= 3 windows per
+    # leaf, 30% of the features per split, the same class weights) on the same features, and average the two
+    # models' log-probabilities. Bagging and boosting err differently; the forest draws random numbers, so
+    # such a run depends on the seed.
+    gbt_forest_trees: int = 0
     # A neural head (a name of the model registry, configured by the other model/loss/optimizer/training keys)
     # trained on the same folds; its log-probabilities are blended with the trees' with a weight chosen on the
     # inner validation users. null: trees alone.
@@ -396,6 +401,9 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     _require(m.name in MODEL_REGISTRY or m.name in BASELINE_REGISTRY,
              f"model.name={m.name!r} is not a registered model. Valid choices: {', '.join(known)}.")
     _require(m.gbt_l2_regularization >= 0, f"model.gbt_l2_regularization={m.gbt_l2_regularization} must be >= 0.")
+    _require(m.gbt_forest_trees >= 0,
+             f"model.gbt_forest_trees={m.gbt_forest_trees} must be >= 0 (0: boosted trees alone; e.g. 200: averaged "
+             f"with a random forest of 200 trees).")
     if m.gbt_blend_head is not None:
         _require(m.name == "gradient_boosting",
                  f"model.gbt_blend_head={m.gbt_blend_head!r} blends a neural head into the gradient-boosted trees, "

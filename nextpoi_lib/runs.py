@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from . import __version__
-from .baselines import BASELINE_REGISTRY, run_baseline
+from .baselines import BASELINE_REGISTRY, draws_random_numbers, run_baseline
 from .config import ExperimentConfig, load_config
 from .data import DataError, load_checkins, load_next_parquet, poi_table
 from .engine import CrossValidationResult, Progress, cross_validate
@@ -126,11 +126,17 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None) -> 
 
 
 def run_kind(config: ExperimentConfig) -> str:
-    """The run's kind: "baseline" (reference baselines and trees, which draw no random numbers), "neural", or
-    "hybrid" (trees blended with a neural head: depends on the seed like a neural run)."""
+    """The run's kind: "baseline" (reference baselines and trees), "neural", or "hybrid" (trees blended with a
+    neural head)."""
     if config.model.name not in BASELINE_REGISTRY:
         return "neural"
     return "baseline" if config.model.gbt_blend_head is None else "hybrid"
+
+
+def seed_dependent(config: ExperimentConfig) -> bool:
+    """Whether the run's seeds give different results: every neural or hybrid run, and among the reference
+    baselines only the trees averaged with a random forest (the others draw no random numbers)."""
+    return run_kind(config) != "baseline" or draws_random_numbers(config)
 
 
 def git_commit() -> str:
@@ -218,7 +224,7 @@ def write_run(config: ExperimentConfig, prepared: PreparedData, result: CrossVal
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "duration_seconds": round(duration, 2), "model": config.model.name, "kind": kind,
             # Reference baselines draw no random numbers: their seeds repeat the same folds.
-            "seed_dependent": kind != "baseline",
+            "seed_dependent": seed_dependent(config),
             "features": config.windows.features,
             # Stacked folds draw dropout masks differently from one fold at a time: say which path ran.
             "engine": result.extra.get("engine", {"mode": "baseline"}),

@@ -1,14 +1,15 @@
-"""Reference baselines and the trees' options: class weights, and the blend with a neural head."""
+"""Reference baselines and the trees' options: class weights, the averaged forest, the blend with a neural head."""
 import dataclasses
 import json
 
 import numpy as np
 import pytest
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import f1_score
 
 from nextpoi_lib import baselines
 from nextpoi_lib.baselines import (BLEND_WEIGHTS, GradientBoostedTrees, choose_blend_weight, class_sample_weights,
-                                   run_baseline)
+                                   run_baseline, window_feature_matrix)
 from nextpoi_lib.engine import cross_validate
 from nextpoi_lib.runs import prepare_data, run_experiment
 from test_engine import synthetic_config
@@ -112,3 +113,53 @@ def test_blended_run_folder_says_hybrid_and_seed_dependent(tmp_path):
     trees_alone = synthetic_config(tmp_path, name="trees", model={"name": "gradient_boosting", "gbt_max_iter": 10})
     manifest = json.loads((run_experiment(trees_alone) / "manifest.json").read_text())
     assert manifest["kind"] == "baseline" and manifest["seed_dependent"] is False and "blend" not in manifest
+
+
+def test_forest_averaging_equals_the_two_models_fitted_separately(tmp_path):
+    config = synthetic_config(tmp_path, model={"name": "gradient_boosting"})
+    windows = prepare_data(config).windows
+    rng = np.random.default_rng(3)
+    windows.target = np.where(rng.random(len(windows)) < 0.3, rng.integers(0, len(windows.classes), len(windows)),
+                              windows.target)
+    train, test = np.arange(0, 500), np.arange(500, len(windows))
+    averaged = GradientBoostedTrees(max_iter=10, seed=7, class_weight="sqrt_balanced", forest_trees=15)
+    averaged.fit(windows, train)
+
+    boosted = GradientBoostedTrees(max_iter=10, seed=7, class_weight="sqrt_balanced").fit(windows, train)
+    # The forest's input, built by hand: window features, category codes shifted past padding, NaN -> -1.
+    def forest_input(index):
+        features = window_feature_matrix(windows, index)
+        categorical = list(range(windows.length)) + [features.shape[1] - 2]
+        features[:, categorical] += 1
+        return np.nan_to_num(features, nan=-1.0)
+    target = windows.target[train]
+    forest = RandomForestClassifier(n_estimators=15, min_samples_leaf=3, max_features=0.3, random_state=7)
+    forest.fit(forest_input(train), target, sample_weight=class_sample_weights(target, power=0.5))
+    forest_log = np.full((len(test), len(windows.classes)), -30.0)
+    with np.errstate(divide="ignore"):
+        forest_log[:, forest.classes_] = np.maximum(np.log(forest.predict_proba(forest_input(test))), -30.0)
+    expected = 0.5 * (np.maximum(boosted.predict_log_probability(windows, test), -30.0) + forest_log)
+
+    np.testing.assert_allclose(averaged.predict_log_probability(windows, test), expected, atol=1e-12)
+    np.testing.assert_array_equal(averaged.predict(windows, test), expected.argmax(axis=1))
+    # The two models disagree (otherwise this test could not tell averaging from the boosted trees alone).
+    assert np.abs(forest_log - np.maximum(boosted.predict_log_probability(windows, test), -30.0)).max() > 0.1
+
+
+def test_trees_with_a_forest_are_fitted_per_seed_and_say_so(tmp_path, monkeypatch):
+    fits = []
+    original = baselines.fit_fold
+    monkeypatch.setattr(baselines, "fit_fold", lambda config, windows, fold, seed: fits.append((seed, fold.fold))
+                        or original(config, windows, fold, seed))
+    config = synthetic_config(tmp_path, name="forest",
+                              model={"name": "gradient_boosting", "gbt_max_iter": 5, "gbt_forest_trees": 5},
+                              training={"seeds": [0, 1]})
+    manifest = json.loads((run_experiment(config) / "manifest.json").read_text())
+    assert sorted(fits) == [(seed, fold) for seed in (0, 1) for fold in range(3)]
+    assert manifest["kind"] == "baseline" and manifest["seed_dependent"] is True
+
+    fits.clear()
+    boosted_only = synthetic_config(tmp_path, name="boosted", model={"name": "gradient_boosting", "gbt_max_iter": 5},
+                                    training={"seeds": [0, 1]})
+    run_experiment(boosted_only)
+    assert sorted(fits) == [(0, fold) for fold in range(3)]  # no random numbers: one fit per fold for both seeds

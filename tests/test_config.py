@@ -65,6 +65,7 @@ def test_invalid_choice_lists_valid_ones():
     ({"model": {"gbt_class_weight": "inverse"}},
      r"model\.gbt_class_weight='inverse'.*'none', 'balanced', 'sqrt_balanced'"),
     ({"model": {"gbt_l2_regularization": -1.0}}, r"model\.gbt_l2_regularization=-1\.0 must be >= 0"),
+    ({"model": {"gbt_forest_trees": -5}}, r"model\.gbt_forest_trees=-5 must be >= 0 \(0: boosted trees alone"),
     ({"model": {"name": "gradient_boosting", "gbt_blend_head": "xgboost"}},
      r"model\.gbt_blend_head='xgboost' is not a neural head\. Valid choices: .*gru.*transformer.* or null"),
     ({"model": {"name": "gru", "gbt_blend_head": "gru"}}, r"but model\.name='gru': set model\.name: gradient_boosting"),
