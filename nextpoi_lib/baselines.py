@@ -194,6 +194,9 @@ def class_sample_weights(target: np.ndarray, power: float) -> np.ndarray:
     return ((len(target) / (len(present) * counts)) ** power)[inverse]
 
 
+# gbt_class_weight as the power of class_sample_weights ("balanced" is passed to the boosted trees as
+# scikit-learn's own class_weight, which gives the same weights).
+CLASS_WEIGHT_POWER = {"none": 0.0, "balanced": 1.0, "sqrt_balanced": 0.5}
 # Floor for log-probabilities: a class absent from a fold's training windows gets log(0) = -inf.
 LOG_PROBABILITY_FLOOR = -30.0
 # The forest averaged with the boosted trees (gbt_forest_trees): chosen on the inner validation users of
@@ -249,12 +252,12 @@ class GradientBoostedTrees:
         # Padding (-1) is not a valid category code for the trees; shift codes by one so padding is 0.
         self._shift = categorical
         target = windows.target[index]
-        sample_weight = class_sample_weights(target, power=0.5) if self.class_weight == "sqrt_balanced" else None
+        power = CLASS_WEIGHT_POWER[self.class_weight]
+        sample_weight = class_sample_weights(target, power) if self.class_weight == "sqrt_balanced" else None
         features = self._prepare(features)
         self.model.fit(features, target, sample_weight=sample_weight)
         self.forest = None
         if self.forest_trees:
-            power = {"none": 0.0, "balanced": 1.0, "sqrt_balanced": 0.5}[self.class_weight]
             self.forest = RandomForestClassifier(
                 n_estimators=self.forest_trees, min_samples_leaf=FOREST_MIN_SAMPLES_LEAF,
                 max_features=FOREST_MAX_FEATURES, n_jobs=-1, random_state=self.seed,

@@ -223,7 +223,6 @@ def write_run(config: ExperimentConfig, prepared: PreparedData, result: CrossVal
             "windows_report": prepared.windows.report, "started_at": started_at.isoformat(timespec="seconds"),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "duration_seconds": round(duration, 2), "model": config.model.name, "kind": kind,
-            # Reference baselines draw no random numbers: their seeds repeat the same folds.
             "seed_dependent": seed_dependent(config),
             "features": config.windows.features,
             # Stacked folds draw dropout masks differently from one fold at a time: say which path ran.
