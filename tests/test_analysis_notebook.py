@@ -179,6 +179,23 @@ CONFUSION_WIDGET_TEXT = """() => {
 }"""
 
 
+def notebook_state(page, url: str) -> str:
+    """One line per code cell (prompt, start of its output text) and the kernels' states, for failure reports."""
+    lines = []
+    try:
+        for index, cell in enumerate(page.locator(".jp-Notebook .jp-CodeCell").all()):
+            prompt = cell.locator(".jp-InputPrompt").first.inner_text(timeout=5_000).strip()
+            output = " ".join(cell.locator(".jp-Cell-outputArea").first.inner_text(timeout=5_000).split())
+            lines.append(f"  code cell {index}: prompt {prompt!r} output {output[:160]!r}")
+    except Exception as error:  # a report, not a check: say what could not be read
+        lines.append(f"  (cells could not be read: {error})")
+    try:
+        kernels = [(k["execution_state"], k["connections"]) for k in get_json(f"{url}/api/kernels")]
+    except (OSError, ValueError) as error:
+        kernels = f"unknown ({error})"
+    return "kernels (state, connections): " + f"{kernels}\n" + "\n".join(lines)
+
+
 @pytest.mark.browser
 def test_analysis_notebook_in_jupyterlab(jupyterlab):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -229,11 +246,12 @@ def test_analysis_notebook_in_jupyterlab(jupyterlab):
             except Exception:
                 widget_cell.scroll_into_view_if_needed()
                 page.screenshot(path=str(TEST_OUTPUT / "jupyterlab-failure.png"))
+                # What each cell shows, last in the message because CI prints the head and tail of long output.
+                state = notebook_state(page, url)
+                (TEST_OUTPUT / "jupyterlab-failure.txt").write_text(state + "\n" + jupyterlab["log"]())
                 raise AssertionError(
-                    "the AnalysisApp widgets did not render; see test-output/jupyterlab-failure.png\n"
-                    f"widget cell prompt {widget_cell.locator('.jp-InputPrompt').inner_text()!r}, output "
-                    f"{widget_cell.locator('.jp-OutputArea').inner_text()[:500]!r}\nbrowser console errors: "
-                    f"{console_errors[-5:]}\nserver log:\n{jupyterlab['log']()}")
+                    f"server log:\n{jupyterlab['log']()}\nbrowser console errors: {console_errors[-5:]}\n"
+                    f"the AnalysisApp widgets did not render (test-output/jupyterlab-failure.png); {state}")
 
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
             tracebacks = [t for t in errors.all_inner_texts() if "Error" in t or "Traceback" in t]
