@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -196,62 +197,95 @@ def notebook_state(page, url: str) -> str:
     return "kernels (state, connections): " + f"{kernels}\n" + "\n".join(lines)
 
 
+def delete_kernels(url: str) -> None:
+    for kernel in get_json(f"{url}/api/kernels"):
+        request = urllib.request.Request(f"{url}/api/kernels/{kernel['id']}", method="DELETE")
+        urllib.request.urlopen(request, timeout=10).close()
+    for session in get_json(f"{url}/api/sessions"):
+        request = urllib.request.Request(f"{url}/api/sessions/{session['id']}", method="DELETE")
+        urllib.request.urlopen(request, timeout=10).close()
+
+
+def open_and_run_all(browser, url: str, console_errors: list, page_errors: list):
+    """Open the notebook in a new page, Run All once its kernel is connected, and wait until the AnalysisApp's
+    confusion matrix is drawn. Returns (page, toggle); raises AssertionError with what each cell shows."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{url}/lab/tree/analysis.ipynb")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
+
+    # Run All only once the notebook's kernel is started and connected: clicking earlier races the
+    # session start (a kernel picker dialog, or a second kernel that drops the queued cells).
+    def kernel_ready():
+        sessions = [s for s in get_json(f"{url}/api/sessions") if s["path"].endswith("analysis.ipynb")]
+        kernels = get_json(f"{url}/api/kernels")
+        return (len(sessions) == 1 and len(kernels) == 1 and kernels[0]["execution_state"] == "idle"
+                and kernels[0]["connections"] >= 1)
+
+    wait_until(kernel_ready, 60, "the notebook's kernel to start and connect")
+    page.wait_for_function("Array.from(document.querySelectorAll('.jp-StatusBar-TextItem'))"
+                           ".some(e => /\\|\\s*Idle/.test(e.textContent))", timeout=30_000)
+
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.locator('li[data-command="runmenu:run-all"]').click()
+
+    toggle = page.locator(".widget-toggle-buttons button", has_text="Row-normalised")
+    widget_cell = page.locator(".jp-Notebook .jp-CodeCell").last
+    try:
+        rendered_or_race = toggle.or_(widget_cell.get_by_text("Error displaying widget: model not found"))
+        rendered_or_race.first.wait_for(state="visible", timeout=90_000)
+        if not toggle.is_visible():
+            # A known JupyterLab/ipywidgets start-up race (jupyter-widgets/ipywidgets#3549, #3823): the
+            # widget manager's first state request to a fresh kernel can cross the cell that creates the
+            # widgets. A user re-runs the cell; so does this test, once (in place), then asks for the full app.
+            console_errors[:] = [m for m in console_errors if "model not found" not in m]
+            widget_cell.locator(".jp-InputArea-editor").click()
+            page.keyboard.press("Control+Enter")  # run in place: no new cell below
+            toggle.wait_for(state="visible", timeout=60_000)
+        page.wait_for_function(f"(() => {{ const r = ({CONFUSION_WIDGET_TEXT})(); "
+                               "return r && r.cells.length >= 27; })()", timeout=30_000)
+    except Exception as error:
+        widget_cell.scroll_into_view_if_needed()
+        page.screenshot(path=str(TEST_OUTPUT / "jupyterlab-failure.png"))
+        raise AssertionError(f"the AnalysisApp widgets did not render ({type(error).__name__}; "
+                             f"test-output/jupyterlab-failure.png); {notebook_state(page, url)}") from None
+    return page, toggle
+
+
 @pytest.mark.browser
 def test_analysis_notebook_in_jupyterlab(jupyterlab):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set NEXTPOI_CHROMIUM)")
     TEST_OUTPUT.mkdir(exist_ok=True)
+    (TEST_OUTPUT / "jupyterlab-failure.txt").unlink(missing_ok=True)
     url = jupyterlab["url"]
     page_errors, console_errors = [], []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1600})
-        page.on("pageerror", lambda error: page_errors.append(str(error)))
-        page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
         try:
-            page.goto(f"{url}/lab/tree/analysis.ipynb")
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
-
-            # Run All only once the notebook's kernel is started and connected: clicking earlier races the
-            # session start (a kernel picker dialog, or a second kernel that drops the queued cells).
-            def kernel_ready():
-                sessions = [s for s in get_json(f"{url}/api/sessions") if s["path"].endswith("analysis.ipynb")]
-                kernels = get_json(f"{url}/api/kernels")
-                return (len(sessions) == 1 and len(kernels) == 1 and kernels[0]["execution_state"] == "idle"
-                        and kernels[0]["connections"] >= 1)
-
-            wait_until(kernel_ready, 60, "the notebook's kernel to start and connect")
-            page.wait_for_function("Array.from(document.querySelectorAll('.jp-StatusBar-TextItem'))"
-                                   ".some(e => /\\|\\s*Idle/.test(e.textContent))", timeout=30_000)
-
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.locator('li[data-command="runmenu:run-all"]').click()
-
-            toggle = page.locator(".widget-toggle-buttons button", has_text="Row-normalised")
-            widget_cell = page.locator(".jp-Notebook .jp-CodeCell").last
             try:
-                rendered_or_race = toggle.or_(widget_cell.get_by_text("Error displaying widget: model not found"))
-                rendered_or_race.first.wait_for(state="visible", timeout=90_000)
-                if not toggle.is_visible():
-                    # A known JupyterLab/ipywidgets start-up race (jupyter-widgets/ipywidgets#3549, #3823): the
-                    # widget manager's first state request to a fresh kernel can cross the cell that creates the
-                    # widgets. A user re-runs the cell; so does this test, once (in place), then asks for the full app.
-                    console_errors[:] = [m for m in console_errors if "model not found" not in m]
-                    widget_cell.locator(".jp-InputArea-editor").click()
-                    page.keyboard.press("Control+Enter")  # run in place: no new cell below
-                    toggle.wait_for(state="visible", timeout=60_000)
-                page.wait_for_function(f"(() => {{ const r = ({CONFUSION_WIDGET_TEXT})(); "
-                                       "return r && r.cells.length >= 27; })()", timeout=30_000)
-            except Exception:
-                widget_cell.scroll_into_view_if_needed()
-                page.screenshot(path=str(TEST_OUTPUT / "jupyterlab-failure.png"))
-                # What each cell shows, last in the message because CI prints the head and tail of long output.
-                state = notebook_state(page, url)
-                (TEST_OUTPUT / "jupyterlab-failure.txt").write_text(state + "\n" + jupyterlab["log"]())
-                raise AssertionError(
-                    f"server log:\n{jupyterlab['log']()}\nbrowser console errors: {console_errors[-5:]}\n"
-                    f"the AnalysisApp widgets did not render (test-output/jupyterlab-failure.png); {state}")
+                page, toggle = open_and_run_all(browser, url, console_errors, page_errors)
+            except AssertionError as first:
+                # Run All can stall in a fresh kernel for reasons outside this project (ipython/ipykernel#1471:
+                # random Run-All freezes with ipykernel 7; we pin 6.x, but the test must not block every
+                # change on a stall). Once, as a user would: a new kernel and a new page, then every check as
+                # before. The first attempt's report is kept in test-output/jupyterlab-failure.txt.
+                (TEST_OUTPUT / "jupyterlab-failure.txt").write_text(f"{first}\nserver log:\n{jupyterlab['log']()}")
+                warnings.warn(f"first JupyterLab attempt failed, retried once with a new kernel: {first}; "
+                              f"console errors {console_errors[-5:]}; page errors {page_errors[-5:]}")
+                for context in browser.contexts:
+                    context.close()
+                delete_kernels(url)
+                console_errors.clear()
+                page_errors.clear()
+                try:
+                    page, toggle = open_and_run_all(browser, url, console_errors, page_errors)
+                except AssertionError as second:
+                    raise AssertionError(f"server log:\n{jupyterlab['log']()}\nbrowser console errors: "
+                                         f"{console_errors[-5:]}\nfirst attempt: {first}\n"
+                                         f"second attempt: {second}") from None
 
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
             tracebacks = [t for t in errors.all_inner_texts() if "Error" in t or "Traceback" in t]
