@@ -212,7 +212,8 @@ class GradientBoostedTrees:
     (out-of-fold for the training rows), and the user's history before the window. Without early stopping
     or feature subsampling it draws no random numbers: one fit per fold serves every seed. With
     forest_trees > 0 a RandomForestClassifier on the same features and weights is fitted too (seeded by
-    `seed`), and the prediction is the argmax of the two models' averaged log-probabilities.
+    `seed`), and the prediction is the argmax of the two models' averaged log-probabilities; `fit(...,
+    boosted=)` then reuses the boosted trees (`.model`) fitted for another seed on the same windows.
     """
 
     def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0, poi_statistics: bool = False,
@@ -236,7 +237,8 @@ class GradientBoostedTrees:
             parts.append(history_feature_matrix(windows, index))
         return np.hstack(parts)
 
-    def fit(self, windows: WindowSet, index: np.ndarray) -> "GradientBoostedTrees":
+    def fit(self, windows: WindowSet, index: np.ndarray,
+            boosted: HistGradientBoostingClassifier | None = None) -> "GradientBoostedTrees":
         _require_categories(windows, "gradient_boosting")
         length = windows.length
         self.train_index = index
@@ -245,17 +247,22 @@ class GradientBoostedTrees:
         categorical = np.zeros(features.shape[1], bool)
         categorical[:length] = True
         categorical[window_feature_matrix(windows, index[:1]).shape[1] - 2] = True
+        # random_state is fixed, not the seed: without early stopping the boosted trees use it only to
+        # subsample more than 200,000 windows for binning, and one fit must serve every seed.
         self.model = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=self.learning_rate, categorical_features=categorical,
             early_stopping=False, class_weight="balanced" if self.class_weight == "balanced" else None,
-            l2_regularization=self.l2_regularization, random_state=self.seed)
+            l2_regularization=self.l2_regularization, random_state=0)
         # Padding (-1) is not a valid category code for the trees; shift codes by one so padding is 0.
         self._shift = categorical
         target = windows.target[index]
         power = CLASS_WEIGHT_POWER[self.class_weight]
         sample_weight = class_sample_weights(target, power) if self.class_weight == "sqrt_balanced" else None
         features = self._prepare(features)
-        self.model.fit(features, target, sample_weight=sample_weight)
+        if boosted is None:
+            self.model.fit(features, target, sample_weight=sample_weight)
+        else:  # same windows, same settings: the same boosted trees, without the minutes of fitting
+            self.model = boosted
         self.forest = None
         if self.forest_trees:
             self.forest = RandomForestClassifier(
@@ -320,6 +327,9 @@ class FittedFold:
     test_predicted: np.ndarray
     inner_val_log_probability: np.ndarray | None = None
     test_log_probability: np.ndarray | None = None
+    # The fitted boosted trees (GradientBoostedTrees.model), kept to serve the fold's other seeds; not the
+    # forest, which differs per seed and is large.
+    boosted_trees: HistGradientBoostingClassifier | None = None
 
 
 def draws_random_numbers(config: ExperimentConfig) -> bool:
@@ -327,17 +337,25 @@ def draws_random_numbers(config: ExperimentConfig) -> bool:
     return config.model.name == "gradient_boosting" and config.model.gbt_forest_trees > 0
 
 
-def fit_fold(config: ExperimentConfig, windows: WindowSet, fold, seed: int) -> FittedFold:
-    """Fit on the fold's training windows; predict its test windows (and log-probabilities when needed)."""
-    model = BASELINE_REGISTRY[config.model.name](config, seed).fit(windows, fold.train_index)
+def fit_fold(config: ExperimentConfig, windows: WindowSet, fold, seed: int,
+             earlier: FittedFold | None = None) -> FittedFold:
+    """Fit on the fold's training windows; predict its test windows (and log-probabilities when needed).
+    `earlier`: this fold fitted for another seed; trees averaged with a forest reuse its boosted trees."""
+    model = BASELINE_REGISTRY[config.model.name](config, seed)
+    if isinstance(model, GradientBoostedTrees):
+        model.fit(windows, fold.train_index, boosted=None if earlier is None else earlier.boosted_trees)
+    else:
+        model.fit(windows, fold.train_index)
+    boosted_trees = getattr(model, "model", None) if isinstance(model, GradientBoostedTrees) else None
     wanted = config.training.bias_calibration or config.model.gbt_blend_head is not None
     if not (wanted and hasattr(model, "predict_log_probability")):
-        return FittedFold(np.asarray(model.predict(windows, fold.test_index), dtype=np.int64))
+        return FittedFold(np.asarray(model.predict(windows, fold.test_index), dtype=np.int64),
+                          boosted_trees=boosted_trees)
     inner_val, test = (np.maximum(model.predict_log_probability(windows, index), LOG_PROBABILITY_FLOOR)
                        for index in (fold.inner_val_index, fold.test_index))
     # The trees' predict is the argmax of their probabilities: take it from the log-probabilities instead of
     # building the test features and walking the trees a second time.
-    return FittedFold(np.argmax(test, axis=1), inner_val, test)
+    return FittedFold(np.argmax(test, axis=1), inner_val, test, boosted_trees)
 
 
 def choose_blend_weight(trees: np.ndarray, neural: np.ndarray, target: np.ndarray) -> float:
@@ -398,7 +416,8 @@ def run_baseline(config: ExperimentConfig, windows: WindowSet, fold_manifest: Fo
             # seed-paired comparisons with neural runs still find their pairs (a blended head differs per seed).
             key = (seed if draws_random_numbers(config) else None, fold.fold)
             if key not in fitted:
-                fitted[key] = fit_fold(config, windows, fold, seed)
+                earlier = next((fit for (_, fold_number), fit in fitted.items() if fold_number == fold.fold), None)
+                fitted[key] = fit_fold(config, windows, fold, seed, earlier)
             neural = neural_results.get((seed, fold.fold))
             predictions, offsets, weight = fold_predictions(
                 config, windows, fold, fitted[key], None if neural is None else neural.log_probabilities)

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.metrics import f1_score
 
 from nextpoi_lib import baselines
@@ -147,15 +147,19 @@ def test_forest_averaging_equals_the_two_models_fitted_separately(tmp_path):
 
 
 def test_trees_with_a_forest_are_fitted_per_seed_and_say_so(tmp_path, monkeypatch):
-    fits = []
+    fits, boosted_fits = [], []
     original = baselines.fit_fold
-    monkeypatch.setattr(baselines, "fit_fold", lambda config, windows, fold, seed: fits.append((seed, fold.fold))
-                        or original(config, windows, fold, seed))
+    monkeypatch.setattr(baselines, "fit_fold", lambda config, windows, fold, seed, earlier=None: fits.append(
+        (seed, fold.fold)) or original(config, windows, fold, seed, earlier))
+    original_boosted_fit = HistGradientBoostingClassifier.fit
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", lambda self, features, target, **kwargs: (
+        boosted_fits.append(len(target)) or original_boosted_fit(self, features, target, **kwargs)))
     config = synthetic_config(tmp_path, name="forest",
                               model={"name": "gradient_boosting", "gbt_max_iter": 5, "gbt_forest_trees": 5},
                               training={"seeds": [0, 1]})
     manifest = json.loads((run_experiment(config) / "manifest.json").read_text())
     assert sorted(fits) == [(seed, fold) for seed in (0, 1) for fold in range(3)]
+    assert len(boosted_fits) == 3  # the forest per (seed, fold); the boosted trees once per fold
     assert manifest["kind"] == "baseline" and manifest["seed_dependent"] is True
 
     fits.clear()
@@ -163,3 +167,22 @@ def test_trees_with_a_forest_are_fitted_per_seed_and_say_so(tmp_path, monkeypatc
                                     training={"seeds": [0, 1]})
     run_experiment(boosted_only)
     assert sorted(fits) == [(0, fold) for fold in range(3)]  # no random numbers: one fit per fold for both seeds
+
+
+def test_reused_boosted_trees_equal_a_fresh_fit_for_another_seed(tmp_path):
+    config = synthetic_config(tmp_path, model={"name": "gradient_boosting"})
+    windows = prepare_data(config).windows
+    rng = np.random.default_rng(3)  # noisy labels, so that forests of different seeds disagree
+    windows.target = np.where(rng.random(len(windows)) < 0.3, rng.integers(0, len(windows.classes), len(windows)),
+                              windows.target)
+    train, test = np.arange(0, 500), np.arange(500, len(windows))
+    settings = dict(max_iter=10, class_weight="sqrt_balanced", forest_trees=5)
+    first = GradientBoostedTrees(seed=0, **settings).fit(windows, train)
+    fresh = GradientBoostedTrees(seed=1, **settings).fit(windows, train)
+    reused = GradientBoostedTrees(seed=1, **settings).fit(windows, train, boosted=first.model)
+    assert reused.model is first.model
+    # (to rounding: the forest adds its trees' probabilities in thread order)
+    np.testing.assert_allclose(reused.predict_log_probability(windows, test),
+                               fresh.predict_log_probability(windows, test), rtol=0, atol=1e-12)
+    # The seed does reach the forest: seeds 0 and 1 differ, so the equality above is not trivial.
+    assert np.abs(first.predict_log_probability(windows, test) - fresh.predict_log_probability(windows, test)).max() > 0
