@@ -147,6 +147,21 @@ def history_feature_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:
     return np.hstack([before, before.sum(axis=1, keepdims=True), shares])
 
 
+def personal_transition_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:
+    """What the user did next after their own earlier visits to the window's last category and to its last
+    POI: the shares of each next category (2C columns) and how many such transitions they had (2)."""
+    if windows.personal_transitions is None:
+        raise ValueError("gbt_personal_transitions needs the user's check-in sequence, which a next.parquet file "
+                         "does not hold. Load the check-in table (dataset.source: checkins) or set it to false.")
+    num_classes = len(windows.classes)
+    counts = windows.personal_transitions[index].astype(np.float64)
+    parts = []
+    for half in (counts[:, :num_classes], counts[:, num_classes:]):
+        total = half.sum(axis=1, keepdims=True)
+        parts += [half / np.maximum(total, 1.0), total]
+    return np.hstack(parts)
+
+
 def last_visit_keys(windows: WindowSet, key: str) -> np.ndarray:
     """Per window, the identity the transition statistics are keyed by: its last POI or last subcategory."""
     if key == "poi":
@@ -209,7 +224,8 @@ class GradientBoostedTrees:
     """scikit-learn HistGradientBoostingClassifier on window features (category columns as categorical).
 
     Optional extra features: next-category statistics keyed by the last POI and/or the last subcategory
-    (out-of-fold for the training rows), and the user's history before the window. Without early stopping
+    (out-of-fold for the training rows), the user's history before the window, and what the user did after
+    their own earlier visits to the last category and POI. Without early stopping
     or feature subsampling it draws no random numbers: one fit per fold serves every seed. With
     forest_trees > 0 a RandomForestClassifier on the same features and weights is fitted too (seeded by
     `seed`), and the prediction is the argmax of the two models' averaged log-probabilities; `fit(...,
@@ -218,13 +234,14 @@ class GradientBoostedTrees:
 
     def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0, poi_statistics: bool = False,
                  subcategory_statistics: bool = False, history_features: bool = False, class_weight: str = "none",
-                 l2_regularization: float = 0.0, forest_trees: int = 0):
+                 l2_regularization: float = 0.0, forest_trees: int = 0, personal_transitions: bool = False):
         self.max_iter, self.learning_rate, self.seed = max_iter, learning_rate, seed
         self.l2_regularization = l2_regularization
         self.forest_trees = forest_trees
         self.statistics_keys = [key for key, wanted in (("poi", poi_statistics),
                                                         ("subcategory", subcategory_statistics)) if wanted]
         self.history_features = history_features
+        self.personal_transitions = personal_transitions
         self.class_weight = class_weight
 
     def _features(self, windows: WindowSet, index: np.ndarray, fitting: bool) -> np.ndarray:
@@ -235,6 +252,8 @@ class GradientBoostedTrees:
                          else transition_statistics(windows, keys, self.train_index, index))
         if self.history_features:
             parts.append(history_feature_matrix(windows, index))
+        if self.personal_transitions:
+            parts.append(personal_transition_matrix(windows, index))
         return np.hstack(parts)
 
     def fit(self, windows: WindowSet, index: np.ndarray,
@@ -313,7 +332,7 @@ BASELINE_REGISTRY = {
     "gradient_boosting": lambda config, seed: GradientBoostedTrees(
         config.model.gbt_max_iter, config.model.gbt_learning_rate, seed, config.model.gbt_poi_statistics,
         config.model.gbt_subcategory_statistics, config.model.gbt_history_features, config.model.gbt_class_weight,
-        config.model.gbt_l2_regularization, config.model.gbt_forest_trees),
+        config.model.gbt_l2_regularization, config.model.gbt_forest_trees, config.model.gbt_personal_transitions),
 }
 
 

@@ -109,6 +109,9 @@ class ModelConfig:
     gbt_subcategory_statistics: bool = False
     # Category counts of the user's visits before the window: the part of their past the L visits don't show.
     gbt_history_features: bool = False
+    # What the user did next after their own earlier visits to the window's last category and last POI (shares
+    # of each next category and how many such transitions): the user's habits, from before the target only.
+    gbt_personal_transitions: bool = False
     # "balanced" weights each training window inversely to its class frequency (scikit-learn class_weight);
     # "sqrt_balanced" by the square root of that weight: most of the minority-class gain, less lost accuracy.
     gbt_class_weight: Literal["none", "balanced", "sqrt_balanced"] = "none"

@@ -41,6 +41,9 @@ class WindowSet:
     subcategory_index: np.ndarray | None = None
     # [N, C] int32 category counts of the user's visits before the window's first visit; None without them.
     history_counts: np.ndarray | None = None
+    # [N, 2C] int32 the user's own transitions up to the window's last observed visit: category counts of the
+    # check-ins that followed their earlier visits to its category (first C), then to its POI; None without them.
+    personal_transitions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.target)
@@ -59,7 +62,7 @@ class WindowSet:
             "poi_index", "mask", "category_index", "hour", "weekday", "gap_hours", "latitude", "longitude",
             "target", "target_hour", "target_weekday", "users")}
         optional = {name: None if getattr(self, name) is None else getattr(self, name)[index]
-                    for name in ("subcategory_index", "history_counts")}
+                    for name in ("subcategory_index", "history_counts", "personal_transitions")}
         return WindowSet(**per_window, **optional, classes=self.classes, embedding_table=self.embedding_table,
                          report=dict(self.report))
 
@@ -137,6 +140,8 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
     gap[offsets] = 0.0  # the first check-in of each user has no previous one
     category = checkins.category_index
     poi_index = np.where(observed, np.maximum(embedding_row[visit], 0), 0)
+    # The check-in row of each window's last observed visit (the row before the target unless it was masked).
+    last_row = visit[np.arange(len(visit)), observed.shape[1] - 1 - np.argmax(observed[:, ::-1], axis=1)]
 
     def per_position(values: np.ndarray, fill) -> np.ndarray:
         return np.where(observed, values[visit], fill).astype(values.dtype)
@@ -163,7 +168,9 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
         users=user_names.to_numpy().astype(str)[window_user], classes=list(checkins.classes),
         embedding_table=embedding_table, report=report,
         subcategory_index=None if subcategory is None else np.where(observed, subcategory[visit], -1),
-        history_counts=counts_before(category, len(checkins.classes), offsets[window_user], first_row))
+        history_counts=counts_before(category, len(checkins.classes), offsets[window_user], first_row),
+        personal_transitions=personal_transition_counts(
+            category, pd.factorize(frame["poi_id"], sort=False)[0], offsets, len(checkins.classes))[last_row])
 
 
 def counts_before(category: np.ndarray, num_classes: int, user_first_row: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -171,6 +178,28 @@ def counts_before(category: np.ndarray, num_classes: int, user_first_row: np.nda
     cumulative = np.zeros((len(category) + 1, num_classes), np.int32)
     np.cumsum(np.eye(num_classes, dtype=np.int32)[category], axis=0, out=cumulative[1:])
     return cumulative[rows] - cumulative[user_first_row]
+
+
+def personal_transition_counts(category: np.ndarray, poi: np.ndarray, user_first_rows: np.ndarray,
+                               num_classes: int) -> np.ndarray:
+    """[n_rows, 2C] for each check-in row r: among the same user's transitions (j -> j + 1) with j + 1 <= r,
+    the category counts of the j + 1 whose j had r's category (first C columns), then r's POI (last C).
+    What this user did after being here, or at this kind of place, before."""
+    counts = np.zeros((len(category), 2 * num_classes), np.int32)
+    user_starts = set(user_first_rows.tolist())
+    after_category: dict[int, np.ndarray] = {}
+    after_poi: dict[int, np.ndarray] = {}
+    for row in range(len(category)):
+        if row in user_starts:
+            after_category, after_poi = {}, {}
+        else:
+            after_category.setdefault(category[row - 1], np.zeros(num_classes, np.int32))[category[row]] += 1
+            after_poi.setdefault(poi[row - 1], np.zeros(num_classes, np.int32))[category[row]] += 1
+        if category[row] in after_category:
+            counts[row, :num_classes] = after_category[category[row]]
+        if poi[row] in after_poi:
+            counts[row, num_classes:] = after_poi[poi[row]]
+    return counts
 
 
 def windows_from_next_parquet(next_file: NextParquet, classes: list[str] | None = None,

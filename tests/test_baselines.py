@@ -186,3 +186,27 @@ def test_reused_boosted_trees_equal_a_fresh_fit_for_another_seed(tmp_path):
                                fresh.predict_log_probability(windows, test), rtol=0, atol=1e-12)
     # The seed does reach the forest: seeds 0 and 1 differ, so the equality above is not trivial.
     assert np.abs(first.predict_log_probability(windows, test) - fresh.predict_log_probability(windows, test)).max() > 0
+
+
+def test_personal_transition_features_by_hand(tmp_path):
+    config = synthetic_config(tmp_path, model={"name": "gradient_boosting"})
+    windows = prepare_data(config).windows
+    assert len(windows.classes) == 3
+    windows.personal_transitions = np.zeros((len(windows), 6), np.int32)
+    windows.personal_transitions[:2] = [[2, 0, 2, 0, 0, 0], [0, 1, 0, 3, 0, 1]]
+    features = baselines.personal_transition_matrix(windows, np.array([0, 1, 2]))
+    # Per half (after the last category, after the last POI): shares of each next category, then the total.
+    np.testing.assert_allclose(features, [[0.5, 0, 0.5, 4, 0, 0, 0, 0],
+                                          [0, 1, 0, 1, 0.75, 0, 0.25, 4],
+                                          [0, 0, 0, 0, 0, 0, 0, 0]])
+    train = np.arange(200)
+    plain = GradientBoostedTrees(max_iter=5)
+    plain.train_index = train
+    personal = GradientBoostedTrees(max_iter=5, personal_transitions=True)
+    personal.train_index = train
+    np.testing.assert_array_equal(personal._features(windows, train, fitting=True),
+                                  np.hstack([plain._features(windows, train, fitting=True),
+                                             baselines.personal_transition_matrix(windows, train)]))
+    windows.personal_transitions = None  # as for a next.parquet file
+    with pytest.raises(ValueError, match="gbt_personal_transitions needs the user's check-in sequence"):
+        personal.fit(windows, train)

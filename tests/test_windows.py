@@ -112,3 +112,36 @@ def test_history_counts_and_subcategories_by_hand(tmp_path):
     plain = table_from(frame.drop(columns="venue_type"), tmp_path)
     assert build_windows(plain, embedding_frame(pois), 4, 1).subcategory_index is None
     assert plain.data_hash == table.data_hash
+
+
+def test_personal_transitions_by_hand(tmp_path):
+    """What the user did after their own earlier visits to the last visit's category and POI, counted by hand."""
+    visits = {"a": [("p1", "Food"), ("p2", "Shop"), ("p1", "Food"), ("p3", "Travel"), ("p1", "Food"),
+                    ("p2", "Shop"), ("p4", "Food"), ("p1", "Food")],
+              "b": [("p1", "Food"), ("p2", "Shop"), ("p1", "Food"), ("p2", "Shop"), ("p1", "Food")]}
+    rows = [{"userid": user, "placeid": poi, "datetime": pd.Timestamp("2012-04-01") + pd.Timedelta(hours=i),
+             "latitude": 40.0, "longitude": -74.0, "category": category}
+            for user, sequence in visits.items() for i, (poi, category) in enumerate(sequence)]
+    table = table_from(pd.DataFrame(rows), tmp_path)
+    windows = build_windows(table, embedding_frame(["p1", "p2", "p3", "p4"]), length=3, stride=1)
+
+    def counts(after_category: dict, after_poi: dict) -> list[int]:
+        row = np.zeros(2 * len(windows.classes), int)
+        for offset, counted in ((0, after_category), (len(windows.classes), after_poi)):
+            for name, count in counted.items():
+                row[offset + windows.classes.index(name)] = count
+        return row.tolist()
+
+    # User a: windows predict visits 3..7, so their last visits are rows 2..6 (listed above).
+    expected = [
+        counts({"Shop": 1}, {"Shop": 1}),  # row 2 (p1, Food): only 0 -> 1 started at Food / at p1
+        counts({}, {}),  # row 3 (p3, Travel): never at Travel or p3 before
+        counts({"Shop": 1, "Travel": 1}, {"Shop": 1, "Travel": 1}),  # row 4 (p1, Food): 0 -> 1 and 2 -> 3
+        counts({"Food": 1}, {"Food": 1}),  # row 5 (p2, Shop): 1 -> 2
+        counts({"Shop": 2, "Travel": 1}, {}),  # row 6 (p4, Food): 0 -> 1, 2 -> 3, 4 -> 5; p4 is new
+        # User b starts from nothing: a's transitions do not count. Windows predict visits 3 and 4.
+        counts({"Shop": 1}, {"Shop": 1}),  # row 2 (p1, Food)
+        counts({"Food": 1}, {"Food": 1}),  # row 3 (p2, Shop)
+    ]
+    assert windows.personal_transitions.tolist() == expected
+    assert windows.subset(np.array([4, 0])).personal_transitions.tolist() == [expected[4], expected[0]]
