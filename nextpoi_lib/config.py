@@ -396,6 +396,10 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
                  f"use features: [embedding], or load the check-in table instead.")
         _require(w.length == 9, f"windows.length={w.length}: a next.parquet file holds windows of 9 visits; "
                                 f"set windows.length: 9 or regenerate windows from the check-in table.")
+        for key in ("gbt_history_features", "gbt_personal_transitions"):
+            _require(not getattr(m, key),
+                     f"model.{key}=true needs the user's check-in sequence, and a next.parquet file holds only its "
+                     f"windows: load the check-in table (dataset.source: checkins) or set {key}: false.")
     _require(f.n_splits >= 2, f"folds.n_splits={f.n_splits} must be >= 2.")
     _require(0.0 < f.inner_val_fraction < 0.5,
              f"folds.inner_val_fraction={f.inner_val_fraction} must be between 0 and 0.5 (share of training "
