@@ -157,5 +157,8 @@ def test_every_shipped_parameter_file_loads():
             assert load_config(path).name == path.stem, path
         for profile in Path("parameters/profiles").glob("*.yaml"):
             load_config("parameters/baseline.yaml", profile)
-    recommended = load_config("parameters/recommended_labels_only.yaml").model
-    assert recommended.gbt_history_features and not recommended.gbt_poi_statistics
+    labels_only = load_config("parameters/recommended_labels_only.yaml").model
+    assert labels_only.gbt_history_features and not labels_only.gbt_poi_statistics
+    # No place identity in the labels-only twin: half of the personal transitions are keyed by the POI.
+    assert load_config("parameters/recommended.yaml").model.gbt_personal_transitions
+    assert not labels_only.gbt_personal_transitions
