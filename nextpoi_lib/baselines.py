@@ -347,8 +347,10 @@ class FittedFold:
     inner_val_log_probability: np.ndarray | None = None
     test_log_probability: np.ndarray | None = None
     # The fitted boosted trees (GradientBoostedTrees.model), kept to serve the fold's other seeds; not the
-    # forest, which differs per seed and is large.
+    # forest, which differs per seed and is large. With gbt_refit_with_inner_val, also those refitted on
+    # training + inner validation windows.
     boosted_trees: HistGradientBoostingClassifier | None = None
+    refit_boosted_trees: HistGradientBoostingClassifier | None = None
 
 
 def draws_random_numbers(config: ExperimentConfig) -> bool:
@@ -356,25 +358,38 @@ def draws_random_numbers(config: ExperimentConfig) -> bool:
     return config.model.name == "gradient_boosting" and config.model.gbt_forest_trees > 0
 
 
+def _fitted_baseline(config: ExperimentConfig, windows: WindowSet, index: np.ndarray, seed: int,
+                     boosted: HistGradientBoostingClassifier | None):
+    model = BASELINE_REGISTRY[config.model.name](config, seed)
+    if isinstance(model, GradientBoostedTrees):
+        return model.fit(windows, index, boosted=boosted)
+    return model.fit(windows, index)
+
+
 def fit_fold(config: ExperimentConfig, windows: WindowSet, fold, seed: int,
              earlier: FittedFold | None = None) -> FittedFold:
     """Fit on the fold's training windows; predict its test windows (and log-probabilities when needed).
-    `earlier`: this fold fitted for another seed; trees averaged with a forest reuse its boosted trees."""
-    model = BASELINE_REGISTRY[config.model.name](config, seed)
+    `earlier`: this fold fitted for another seed; trees averaged with a forest reuse its boosted trees.
+    With gbt_refit_with_inner_val the test windows are predicted by a second fit on training + inner
+    validation windows, while the inner-validation log-probabilities (what the blend weight and the
+    calibration offsets are chosen on) still come from the fit that never saw those users."""
+    model = _fitted_baseline(config, windows, fold.train_index, seed, earlier and earlier.boosted_trees)
+    test_model = model
+    if config.model.gbt_refit_with_inner_val:
+        test_model = _fitted_baseline(config, windows, np.union1d(fold.train_index, fold.inner_val_index), seed,
+                                      earlier and earlier.refit_boosted_trees)
+    kept = {}
     if isinstance(model, GradientBoostedTrees):
-        model.fit(windows, fold.train_index, boosted=None if earlier is None else earlier.boosted_trees)
-    else:
-        model.fit(windows, fold.train_index)
-    boosted_trees = getattr(model, "model", None) if isinstance(model, GradientBoostedTrees) else None
+        kept = {"boosted_trees": model.model,
+                "refit_boosted_trees": test_model.model if test_model is not model else None}
     wanted = config.training.bias_calibration or config.model.gbt_blend_head is not None
     if not (wanted and hasattr(model, "predict_log_probability")):
-        return FittedFold(np.asarray(model.predict(windows, fold.test_index), dtype=np.int64),
-                          boosted_trees=boosted_trees)
-    inner_val, test = (np.maximum(model.predict_log_probability(windows, index), LOG_PROBABILITY_FLOOR)
-                       for index in (fold.inner_val_index, fold.test_index))
+        return FittedFold(np.asarray(test_model.predict(windows, fold.test_index), dtype=np.int64), **kept)
+    inner_val, test = (np.maximum(fitted.predict_log_probability(windows, index), LOG_PROBABILITY_FLOOR)
+                       for fitted, index in ((model, fold.inner_val_index), (test_model, fold.test_index)))
     # The trees' predict is the argmax of their probabilities: take it from the log-probabilities instead of
     # building the test features and walking the trees a second time.
-    return FittedFold(np.argmax(test, axis=1), inner_val, test, boosted_trees)
+    return FittedFold(np.argmax(test, axis=1), inner_val, test, **kept)
 
 
 def choose_blend_weight(trees: np.ndarray, neural: np.ndarray, target: np.ndarray) -> float:

@@ -188,6 +188,37 @@ def test_reused_boosted_trees_equal_a_fresh_fit_for_another_seed(tmp_path):
     assert np.abs(first.predict_log_probability(windows, test) - fresh.predict_log_probability(windows, test)).max() > 0
 
 
+def test_refit_with_inner_val_predicts_the_test_fold_with_trees_fitted_on_both(tmp_path):
+    config = synthetic_config(tmp_path, model={"name": "gradient_boosting", "gbt_max_iter": 10, "gbt_forest_trees": 3,
+                                               "gbt_poi_statistics": True, "gbt_refit_with_inner_val": True},
+                              training={"bias_calibration": True})
+    prepared = prepare_data(config)
+    windows, fold = prepared.windows, prepared.fold_manifest.folds[0]
+    rng = np.random.default_rng(5)  # noisy labels, so that more training windows change the trees
+    windows.target = np.where(rng.random(len(windows)) < 0.3, rng.integers(0, len(windows.classes), len(windows)),
+                              windows.target)
+    first = baselines.fit_fold(config, windows, fold, seed=0)
+
+    def log_probability(fit_index, apply_index):
+        trees = GradientBoostedTrees(max_iter=10, seed=0, poi_statistics=True, forest_trees=3).fit(windows, fit_index)
+        return np.maximum(trees.predict_log_probability(windows, apply_index), -30.0)
+
+    both = np.union1d(fold.train_index, fold.inner_val_index)
+    assert len(both) == len(fold.train_index) + len(fold.inner_val_index)
+    # What selection sees comes from trees that never saw the inner validation users...
+    np.testing.assert_allclose(first.inner_val_log_probability,
+                               log_probability(fold.train_index, fold.inner_val_index), atol=1e-12)
+    # ...and the test fold is predicted by trees fitted on training + inner validation windows.
+    refit_test = log_probability(both, fold.test_index)
+    np.testing.assert_allclose(first.test_log_probability, refit_test, atol=1e-12)
+    np.testing.assert_array_equal(first.test_predicted, refit_test.argmax(axis=1))
+    assert np.abs(refit_test - log_probability(fold.train_index, fold.test_index)).max() > 1e-3
+    # Another seed reuses both boosted fits (only the forests are refitted).
+    second = baselines.fit_fold(config, windows, fold, seed=1, earlier=first)
+    assert second.boosted_trees is first.boosted_trees
+    assert second.refit_boosted_trees is first.refit_boosted_trees is not first.boosted_trees
+
+
 def test_personal_transition_features_by_hand(tmp_path):
     config = synthetic_config(tmp_path, model={"name": "gradient_boosting"})
     windows = prepare_data(config).windows

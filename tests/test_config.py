@@ -75,6 +75,8 @@ def test_invalid_choice_lists_valid_ones():
     ({"model": {"name": "gradient_boosting", "gbt_blend_head": "xgboost"}},
      r"model\.gbt_blend_head='xgboost' is not a neural head\. Valid choices: .*gru.*transformer.* or null"),
     ({"model": {"name": "gru", "gbt_blend_head": "gru"}}, r"but model\.name='gru': set model\.name: gradient_boosting"),
+    ({"model": {"name": "gru", "gbt_refit_with_inner_val": True}},
+     r"model\.gbt_refit_with_inner_val=true refits the gradient-boosted trees, but model\.name='gru'"),
 ])
 def test_impossible_values_fail(overrides, message):
     with pytest.raises(ConfigError, match=message):
