@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Engine speed: `nextpoi_lib.engine.cross_validate` against a plain PyTorch loop, on synthetic windows.
+"""Engine speed: `nextpoi_lib.training.cross_validate` against a plain PyTorch loop, on synthetic windows.
 
 Both run in this process on the same windows, folds and configuration (model class, loss, AdamW, schedule):
 
@@ -46,11 +46,15 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nextpoi_lib.config import ExperimentConfig, FoldConfig, load_config  # noqa: E402
-from nextpoi_lib.engine import Progress, cross_validate, make_scheduler, resolve_device  # noqa: E402
+from nextpoi_lib.config import ExperimentConfig, FoldConfig  # noqa: E402
+from nextpoi_lib.experiment import load_config  # noqa: E402
 from nextpoi_lib.folds import FoldManifest, make_fold_manifest  # noqa: E402
+from nextpoi_lib.heads import build_model  # noqa: E402
 from nextpoi_lib.losses import build_loss  # noqa: E402
-from nextpoi_lib.models import build_model  # noqa: E402
+from nextpoi_lib.progress import Progress  # noqa: E402
+from nextpoi_lib.training import cross_validate  # noqa: E402
+from nextpoi_lib.training.loop import make_scheduler  # noqa: E402
+from nextpoi_lib.training.tensors import resolve_device  # noqa: E402
 from nextpoi_lib.windows import WindowSet  # noqa: E402
 
 CONFIGS = {"baseline": "parameters/baseline.yaml", "C": "parameters/C.yaml"}

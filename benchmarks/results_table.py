@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from nextpoi_lib.figures import leaderboard, load_runs
+from nextpoi_lib.analysis.tables import leaderboard
+from nextpoi_lib.runfolder import load_runs
 
 ORDER = ["majority", "last_category", "most_frequent_in_window", "markov", "gradient_boosting", "baseline", "A", "B",
          "C", "D", "recommended_category_only", "recommended_neural", "recommended_labels_only", "recommended"]

@@ -1,13 +1,13 @@
-"""Batch runs: this module owns executing the experiment notebook once per parameter file.
+"""Batch runs: executing the experiment notebook once per parameter file.
 
 `run_batch` executes `notebooks/experiment.ipynb` through papermill's Python API, one execution per parameter
-file, locally (a pool of workers, one GPU each) or as Ray tasks, and `nextpoi batch` / `nextpoi report` are its
-command line. It also owns how the notebook's parameters resolve into an `ExperimentConfig`
-(`experiment_config`, `notebook_config`), so the batch validates exactly the config the notebook will run.
+file, locally (a pool of workers, one GPU each) or as Ray tasks; `nextpoi batch` (in `cli`) is its command
+line. The parameters resolve as in the notebook (`notebook_parameters.experiment_config`, the layering rules of
+`layers`), so the batch validates exactly the config the notebook will run.
 
-Before anything trains, every parameter file is resolved and validated (`load_config`); a file with an unknown
-key or an invalid value is recorded as failed with its message and the others still run. A file whose run
-folder is already complete is skipped (resume); a folder that exists but is not a complete run is replaced.
+Before anything trains, every parameter file is resolved and validated; a file with an unknown key or an
+invalid value is recorded as failed with its message and the others still run. A file whose run folder is
+already complete is skipped (resume); a folder that exists but is not a complete run is replaced.
 
 Files under `output_root` (`<dataset>` is the config's dataset folder, `<name>` the run name):
 
@@ -25,7 +25,6 @@ Hidden folders (`.running`, `.failed`, `.cache`) are ignored by everything that 
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import datetime as dt
@@ -39,205 +38,22 @@ import threading
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
-import yaml
-
-from .config import ConfigError, ExperimentConfig, deep_merge, load_config, read_yaml
+from .config import ConfigError
+from .layers import resolve_profile, visible_gpus
+from .notebook_parameters import experiment_config
+from .runfolder import is_complete, run_directory
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = PACKAGE_ROOT / "notebooks" / "experiment.ipynb"
-PARAMETERS_DIR = PACKAGE_ROOT / "parameters"
-PROFILES_DIR = PARAMETERS_DIR / "profiles"
 SUMMARY_FILE = "batch-summary.json"
 
-# Top-level config keys the notebook takes as variables. `profile` is not among them: in the notebook it names
-# the profile file to apply, and the config's `profile` key records that file's name.
-SECTION_NAMES = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if f.name != "profile")
-NOTEBOOK_OPTIONS = ("parameter_files", "extends", "profile", "output_root", "overwrite")
-PAPERMILL_COMMENT = "# Parameters"  # first line of the cell papermill injects (papermill's default comment)
-
 
 # --------------------------------------------------------------------------------------------------
-# Parameters -> config (shared by the notebook and the batch)
-
-
-def _parameters_file(name: str | os.PathLike) -> Path:
-    """A file named relative to `parameters/`: of the current folder when it has one, else of this checkout."""
-    path = Path(name)
-    if path.is_absolute():
-        return path
-    local = Path("parameters") / path
-    return local if local.exists() else PARAMETERS_DIR / path
-
-
-def resolve_profile(profile: str | os.PathLike | None, gpu_visible: bool | None = None) -> Path | None:
-    """The profile file for `profile`: None, "auto" (gpu.yaml when a CUDA GPU is visible, else cpu.yaml), a bare
-    name such as "cpu" (parameters/profiles/cpu.yaml) or a path."""
-    if profile is None or str(profile) == "":
-        return None
-    text = str(profile)
-    if text == "auto":
-        if gpu_visible is None:
-            gpu_visible = len(visible_gpus()) > 0
-        text = "gpu" if gpu_visible else "cpu"
-    path = Path(text)
-    if path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
-        path = _parameters_file(Path("profiles") / f"{text}.yaml")
-    if not path.is_file():
-        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise ConfigError(f"Profile {str(profile)!r} does not exist (looked for {str(path)!r}). Give a path, 'auto', "
-                          f"or one of: {', '.join(known) or '(none found)'}.")
-    return path
-
-
-def experiment_config(parameter_files: Sequence[str | os.PathLike] = (), extends=None,
-                      sections: dict[str, Any] | None = None, profile: str | os.PathLike | None = None,
-                      output_root: str | os.PathLike | None = None, overwrite: bool = False,
-                      gpu_visible: bool | None = None) -> ExperimentConfig:
-    """The config the experiment notebook runs. Layers, later wins: library defaults <- `parameter_files` (left to
-    right; the run name defaults to the last file's stem, as with `nextpoi run`) <- `extends` (names relative to
-    parameters/, like a file's `extends:` key) <- `sections` (top-level keys given inline) <- the `profile` file
-    (never changes the run name; its name is recorded in `config.profile`) <- `output_root` / `overwrite`.
-    Raises ConfigError naming the key, as `load_config` does."""
-    if isinstance(parameter_files, (str, os.PathLike)):
-        parameter_files = [parameter_files]
-    layers: list[Any] = [Path(f) for f in parameter_files]
-    if extends:
-        base: dict[str, Any] = {}
-        for name in [extends] if isinstance(extends, (str, os.PathLike)) else extends:
-            base = deep_merge(base, read_yaml(_parameters_file(name)))
-        layers.append(base)  # as a dict: an extended file does not name the run
-    if sections:
-        layers.append(dict(sections))
-    profile_path = resolve_profile(profile, gpu_visible)
-    if profile_path is not None:
-        layers.append(read_yaml(profile_path))  # as a dict: a profile does not name the run
-    overrides: dict[str, Any] = {}
-    if output_root:
-        overrides.setdefault("output", {})["root"] = str(output_root)
-    if overwrite:
-        overrides.setdefault("output", {})["overwrite"] = True
-    config = load_config(*layers, overrides=overrides)
-    if profile_path is not None:
-        config.profile = profile_path.stem
-    return config
-
-
-_executed_cells: list[str] = []
-
-
-def _record_cell(info) -> None:
-    _executed_cells.append(getattr(info, "raw_cell", "") or "")
-
-
-def watch_injected_parameters() -> None:
-    """Record the source of every cell this kernel runs from now on (IPython's pre_run_cell event), so that
-    `injected_parameter_names` sees papermill's cell also when the executor keeps no input history (nbval runs
-    cells with store_history=False). The experiment notebook calls this in its first cell."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython ships with ipykernel
-        return
-    shell = get_ipython()
-    if shell is not None and _record_cell not in shell.events.callbacks["pre_run_cell"]:
-        shell.events.register("pre_run_cell", _record_cell)
-
-
-def injected_parameter_names() -> set[str] | None:
-    """Names papermill injected into this kernel (its "# Parameters" cell, placed after the parameters cell), read
-    from the cells recorded by `watch_injected_parameters`, else from IPython's input history; an empty set when
-    nothing was injected, None outside IPython."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython ships with ipykernel
-        return None
-    shell = get_ipython()
-    if shell is None:
-        return None
-    if _record_cell in shell.events.callbacks["pre_run_cell"]:
-        history = list(_executed_cells)
-    else:
-        history = list(shell.user_ns.get("In") or getattr(shell.history_manager, "input_hist_raw", []))
-    for source in reversed(history):
-        lines = (source or "").lstrip().splitlines()
-        if lines and lines[0].strip() == PAPERMILL_COMMENT:
-            try:
-                tree = ast.parse(source)
-            except SyntaxError:
-                continue
-            return {target.id for node in tree.body if isinstance(node, ast.Assign)
-                    for target in node.targets if isinstance(target, ast.Name)}
-    return set()
-
-
-@dataclass
-class NotebookConfig:
-    config: ExperimentConfig
-    layers: list[str]
-
-    def describe(self) -> str:
-        yaml_text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
-        return ("Layers (later wins): " + " <- ".join(["library defaults", *self.layers]) + "\n\n"
-                + f"Resolved configuration of run {self.config.name!r}:\n{yaml_text}")
-
-
-def notebook_config(namespace: dict[str, Any], injected: set[str] | None = None) -> NotebookConfig:
-    """Resolve the experiment notebook's parameters (its global variables) into the config to run.
-
-    When papermill injected any config section (-f/-y/-p), only the injected sections are layered, so
-    `-f parameters/X.yaml` gives exactly the config of `nextpoi run parameters/X.yaml`. Otherwise, when
-    `parameter_files` or `extends` are set (the batch runner injects parameter_files), the files alone define the
-    experiment; and with neither, the notebook's own section values (a tiny CPU-sized experiment) are used --
-    also when only options such as `profile` or `output_root` were injected."""
-    if injected is None:
-        injected = injected_parameter_names() or set()
-    injected = {name for name in injected if not name.startswith("PAPERMILL_")}
-    parameter_files = list(namespace.get("parameter_files") or [])
-    extends = namespace.get("extends")
-    # Anything injected that is not a notebook option is a config key: a typo then fails with load_config's message.
-    injected_sections = [name for name in SECTION_NAMES if name in injected]
-    injected_sections += sorted(injected - set(SECTION_NAMES) - set(NOTEBOOK_OPTIONS))
-    if injected_sections:
-        given, origin = injected_sections, "injected sections"
-    elif parameter_files or extends:
-        given, origin = [], ""
-    else:
-        given, origin = list(SECTION_NAMES), "notebook defaults"
-    sections = {name: namespace.get(name) for name in given}
-    profile = namespace.get("profile")
-    layers = [str(f) for f in parameter_files]
-    if extends:
-        layers.append(f"extends {extends}")
-    if sections:
-        layers.append(f"{origin} ({', '.join(sections)})")
-    profile_path = resolve_profile(profile)
-    if profile_path is not None:
-        layers.append(f"profile {profile_path}")
-    if namespace.get("output_root") or namespace.get("overwrite"):
-        layers.append("output_root/overwrite")
-    config = experiment_config(parameter_files, extends, sections, profile_path, namespace.get("output_root"),
-                               bool(namespace.get("overwrite")))
-    return NotebookConfig(config=config, layers=layers)
-
-
-# --------------------------------------------------------------------------------------------------
-# Devices
-
-
-def visible_gpus() -> list[str]:
-    """CUDA devices this process may use, as values for CUDA_VISIBLE_DEVICES (ids or UUIDs)."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return []
-    if not torch.cuda.is_available():
-        return []
-    count = torch.cuda.device_count()
-    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return listed[:count] if listed else [str(i) for i in range(count)]
+# Kernels
 
 
 def _kernel_manager_class(extra_env: dict[str, str]):
@@ -397,8 +213,6 @@ def execute_experiment(task: dict[str, Any]) -> dict[str, Any]:
             kernel_name=task["kernel_name"], progress_bar=False, log_output=False,
             execution_timeout=task["cell_timeout"], cwd=cwd if cwd and Path(cwd).is_dir() else None,
             kernel_manager_class=_kernel_manager_class(extra_env))
-        from .runs import is_complete
-
         if not is_complete(run_dir):
             raise RuntimeError(f"the notebook finished but {run_dir} is not a complete run folder")
     except Exception as error:  # failure isolation: record it, keep the executed notebook, go on
@@ -507,8 +321,6 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
         summary.summary_path = str(summary_path)
 
         # --- validate every file before anything runs
-        from .runs import is_complete, run_directory
-
         outcomes: list[ExperimentOutcome] = []
         pending: list[tuple[ExperimentOutcome, dict[str, Any]]] = []
         claimed: dict[Path, str] = {}
@@ -665,114 +477,3 @@ def _run_ray(ray, pending, workers: int | None, gpu_count: int, reporter: _Repor
             except Exception as error:  # a worker that died: record it, the others go on
                 result = {"status": "failed", "stage": "execution", "error": _error_message(error)}
             record(outcome, result)
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line: nextpoi batch, nextpoi report
-
-
-def command_batch(args) -> int:
-    summary = run_batch(args.parameter_files, profile=args.profile, output_root=args.output_root or "outputs",
-                        workers=args.workers, backend=args.backend, ray_address=args.ray_address,
-                        cell_timeout=args.cell_timeout or None, kernel_name=args.kernel, overwrite=args.overwrite,
-                        progress=True)
-    return 0 if summary.ok else 1
-
-
-def profile_note(run_paths: Sequence[str | os.PathLike]) -> str:
-    """Which profile produced the runs, from their manifests, with the profile file's own description."""
-    by_profile: dict[str | None, list[str]] = {}
-    for path in run_paths:
-        manifest = json.loads((Path(path) / "manifest.json").read_text())
-        by_profile.setdefault(manifest.get("profile"), []).append(manifest.get("run_name") or Path(path).name)
-    parts = []
-    for name, names in by_profile.items():
-        runs_text = ", ".join(names)
-        if not name:
-            parts.append(f"Runs {runs_text}: no profile (the parameter files' own settings).")
-            continue
-        description = ""
-        profile_file = _parameters_file(Path("profiles") / f"{name}.yaml")
-        if profile_file.is_file():
-            comments = [line.lstrip("#").strip() for line in profile_file.read_text().splitlines()
-                        if line.startswith("#")]
-            description = " ".join(c for c in comments if c)
-        parts.append(f"Runs {runs_text}: profile {name!r}" + (f" ({profile_file})" if profile_file.is_file() else "")
-                     + (f" -- {description}" if description else "."))
-    if len(by_profile) > 1:
-        parts.append("These runs come from different profiles: compare them with care.")
-    return " ".join(parts)
-
-
-def command_report(args) -> int:
-    from . import figures
-    from .runs import is_complete
-
-    output_root = Path(args.output_root or "outputs")
-    if args.run_dirs:
-        run_paths = [Path(p) for p in args.run_dirs]
-        incomplete = [str(p) for p in run_paths if not is_complete(p)]
-        if incomplete:
-            print(f"error: not complete run folders (no manifest.json with status complete): {', '.join(incomplete)}.",
-                  file=sys.stderr)
-            return 2
-    else:
-        run_paths = figures.discover_runs(output_root)
-        if not run_paths:
-            print(f"error: no complete runs under {str(output_root)!r}. Run experiments first (nextpoi batch "
-                  f"parameters/*.yaml), or name run folders.", file=sys.stderr)
-            return 2
-    by_dataset: dict[str, list[Path]] = {}
-    for path in run_paths:
-        dataset = json.loads((path / "manifest.json").read_text()).get("dataset") or path.parent.name
-        by_dataset.setdefault(dataset, []).append(path)
-    if args.output and len(by_dataset) > 1:
-        print(f"error: the runs come from several datasets ({', '.join(sorted(by_dataset))}); a report covers one. "
-              f"Name the run folders of one dataset, or leave out --output to get one report per dataset.",
-              file=sys.stderr)
-        return 2
-    for dataset, paths in sorted(by_dataset.items()):
-        if args.output:
-            output = Path(args.output)
-        elif len(by_dataset) == 1:
-            output = output_root / "report.html"
-        else:
-            output = output_root / f"report-{dataset}.html"
-        note = profile_note(paths)
-        profiles = sorted({str(json.loads((p / "manifest.json").read_text()).get("profile")) for p in paths})
-        title = f"nextpoi report: {dataset} (profile {', '.join(profiles)})"
-        figures.write_report(paths, output, title=title, profile_note=note)
-        print(f"Report of {len(paths)} runs of {dataset} -> {output}")
-        print(note)
-    return 0
-
-
-def add_batch_commands(subparsers) -> None:
-    """Add `nextpoi batch` and `nextpoi report` (called by cli.build_parser)."""
-    batch = subparsers.add_parser(
-        "batch", help="Execute the experiment notebook once per parameter file (resumable, failures isolated).",
-        description="Execute notebooks/experiment.ipynb once per parameter file with papermill. Complete runs are "
-                    "skipped; a failing experiment is recorded (batch-summary.json, its notebook under "
-                    "<output-root>/<dataset>/.failed/) and the others still run. Exit status 1 when any failed.")
-    batch.add_argument("parameter_files", nargs="+", help="YAML parameter files, e.g. parameters/A.yaml")
-    batch.add_argument("--profile", help="a parameters/profiles file (path or name: cpu, gpu) applied last, or "
-                                         "'auto': gpu when a CUDA GPU is visible, else cpu")
-    batch.add_argument("--workers", type=int, help="parallel executions (default: number of visible GPUs, 1 on CPU)")
-    batch.add_argument("--backend", choices=("local", "ray"), default="local",
-                       help="local worker pool, or Ray tasks (pip install ray)")
-    batch.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
-    batch.add_argument("--cell-timeout", type=int, default=3600,
-                       help="seconds one notebook cell may run (default 3600; 0: no limit)")
-    batch.add_argument("--output-root", help="folder for run folders (default: outputs)")
-    batch.add_argument("--overwrite", action="store_true", help="re-run and replace complete runs")
-    batch.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
-    batch.set_defaults(handler=command_batch)
-
-    report = subparsers.add_parser("report", help="Write the HTML report over complete runs.",
-                                   description="Write a self-contained HTML report (leaderboard, per-class metrics, "
-                                               "confusion matrices, curves) over the complete runs, saying which "
-                                               "profile produced them.")
-    report.add_argument("run_dirs", nargs="*", help="run folders (default: every complete run under --output-root)")
-    report.add_argument("--output-root", help="folder holding the run folders (default: outputs)")
-    report.add_argument("--output", help="HTML file to write (default: <output-root>/report.html)")
-    report.set_defaults(handler=command_report)

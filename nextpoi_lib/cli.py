@@ -1,5 +1,9 @@
 """Command line: `nextpoi run`, `nextpoi batch`, `nextpoi report`.
 
+`run` and `batch` resolve their parameters with the same rules (`layers.resolve_layers`, through
+`experiment.load_config`), the rules the experiment notebook uses too: parameter files left to right, then the
+profile (None, "auto", a name such as "cpu", or a path), then the command's options.
+
 Known errors (bad parameters, bad data, an existing run) print one paragraph and exit with status 2;
 nothing is written in that case.
 """
@@ -7,12 +11,20 @@ nothing is written in that case.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
 
 from .config import ConfigError
 from .data import DataError
+
+PROFILE_HELP = ("a parameters/profiles file applied last: a path, a name (cpu, gpu), or 'auto': gpu when a CUDA "
+                "GPU is visible, else cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# nextpoi run
 
 
 def _config_overrides(args: argparse.Namespace) -> dict:
@@ -28,18 +40,83 @@ def _config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def command_run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .runs import run_experiment
+def run_config(args: argparse.Namespace):
+    """The config `nextpoi run` runs for its parsed arguments."""
+    from .experiment import load_config
 
-    layers = list(args.parameter_files)
-    if args.profile:
-        layers.append(args.profile)
-    config = load_config(*layers, overrides=_config_overrides(args))
-    if args.profile:
-        config.profile = Path(args.profile).stem
-    run_experiment(config)
+    return load_config(*args.parameter_files, profile=args.profile or None, overrides=_config_overrides(args))
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from .experiment import run_experiment
+
+    run_experiment(run_config(args))
     return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# nextpoi batch
+
+
+def command_batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch
+
+    summary = run_batch(args.parameter_files, profile=args.profile, output_root=args.output_root or "outputs",
+                        workers=args.workers, backend=args.backend, ray_address=args.ray_address,
+                        cell_timeout=args.cell_timeout or None, kernel_name=args.kernel, overwrite=args.overwrite,
+                        progress=True)
+    return 0 if summary.ok else 1
+
+
+# --------------------------------------------------------------------------------------------------
+# nextpoi report
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from .analysis.report import profile_note, write_report
+    from .runfolder import discover_runs, is_complete
+
+    output_root = Path(args.output_root or "outputs")
+    if args.run_dirs:
+        run_paths = [Path(p) for p in args.run_dirs]
+        incomplete = [str(p) for p in run_paths if not is_complete(p)]
+        if incomplete:
+            print(f"error: not complete run folders (no manifest.json with status complete): {', '.join(incomplete)}.",
+                  file=sys.stderr)
+            return 2
+    else:
+        run_paths = discover_runs(output_root)
+        if not run_paths:
+            print(f"error: no complete runs under {str(output_root)!r}. Run experiments first (nextpoi batch "
+                  f"parameters/*.yaml), or name run folders.", file=sys.stderr)
+            return 2
+    by_dataset: dict[str, list[Path]] = {}
+    for path in run_paths:
+        dataset = json.loads((path / "manifest.json").read_text()).get("dataset") or path.parent.name
+        by_dataset.setdefault(dataset, []).append(path)
+    if args.output and len(by_dataset) > 1:
+        print(f"error: the runs come from several datasets ({', '.join(sorted(by_dataset))}); a report covers one. "
+              f"Name the run folders of one dataset, or leave out --output to get one report per dataset.",
+              file=sys.stderr)
+        return 2
+    for dataset, paths in sorted(by_dataset.items()):
+        if args.output:
+            output = Path(args.output)
+        elif len(by_dataset) == 1:
+            output = output_root / "report.html"
+        else:
+            output = output_root / f"report-{dataset}.html"
+        note = profile_note(paths)
+        profiles = sorted({str(json.loads((p / "manifest.json").read_text()).get("profile")) for p in paths})
+        title = f"nextpoi report: {dataset} (profile {', '.join(profiles)})"
+        write_report(paths, output, title=title, profile_note=note)
+        print(f"Report of {len(paths)} runs of {dataset} -> {output}")
+        print(note)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,19 +125,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="Cross-validate one experiment (layered parameter files, later wins).")
     run.add_argument("parameter_files", nargs="+", help="YAML parameter files, e.g. parameters/A.yaml")
-    run.add_argument("--profile", help="a parameters/profiles/*.yaml file applied last (e.g. a quick CPU pass)")
+    run.add_argument("--profile", help=PROFILE_HELP)
     run.add_argument("--overwrite", action="store_true", help="replace an existing complete run of the same name")
     run.add_argument("--output-root", help="folder for run folders (default: outputs)")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(handler=command_run)
 
-    try:
-        from .batch import add_batch_commands
-    except ImportError:  # the notebook side is optional for the core library
-        pass
-    else:
-        add_batch_commands(commands)
+    batch = commands.add_parser(
+        "batch", help="Execute the experiment notebook once per parameter file (resumable, failures isolated).",
+        description="Execute notebooks/experiment.ipynb once per parameter file with papermill. Complete runs are "
+                    "skipped; a failing experiment is recorded (batch-summary.json, its notebook under "
+                    "<output-root>/<dataset>/.failed/) and the others still run. Exit status 1 when any failed.")
+    batch.add_argument("parameter_files", nargs="+", help="YAML parameter files, e.g. parameters/A.yaml")
+    batch.add_argument("--profile", help=PROFILE_HELP)
+    batch.add_argument("--workers", type=int, help="parallel executions (default: number of visible GPUs, 1 on CPU)")
+    batch.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="local worker pool, or Ray tasks (pip install ray)")
+    batch.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
+    batch.add_argument("--cell-timeout", type=int, default=3600,
+                       help="seconds one notebook cell may run (default 3600; 0: no limit)")
+    batch.add_argument("--output-root", help="folder for run folders (default: outputs)")
+    batch.add_argument("--overwrite", action="store_true", help="re-run and replace complete runs")
+    batch.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    batch.set_defaults(handler=command_batch)
+
+    report = commands.add_parser("report", help="Write the HTML report over complete runs.",
+                                 description="Write a self-contained HTML report (leaderboard, per-class metrics, "
+                                             "confusion matrices, curves) over the complete runs, saying which "
+                                             "profile produced them.")
+    report.add_argument("run_dirs", nargs="*", help="run folders (default: every complete run under --output-root)")
+    report.add_argument("--output-root", help="folder holding the run folders (default: outputs)")
+    report.add_argument("--output", help="HTML file to write (default: <output-root>/report.html)")
+    report.set_defaults(handler=command_report)
     return parser
 
 

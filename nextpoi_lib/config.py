@@ -36,7 +36,7 @@ class DatasetConfig:
     latitude_column: str = "latitude"
     longitude_column: str = "longitude"
     category_column: str = "category"
-    # Optional finer category (e.g. Foursquare's venue type); used by gbt_subcategory_statistics only.
+    # Optional finer category (e.g. Foursquare's venue type); used by trees.subcategory_statistics only.
     # The embedded Foursquare sample always has one.
     subcategory_column: str | None = None
     min_checkins_per_user: int = 5
@@ -98,37 +98,46 @@ class ModelConfig:
     causal: bool = False
     feedforward_dim: int = 256
     category_embedding_dim: int = 32
-    # Reference baselines only.
+    # Reference baseline "markov" only.
     markov_order: int = 2
-    gbt_max_iter: int = 200
-    gbt_learning_rate: float = 0.1
+
+
+@dataclass
+class TreesConfig:
+    """The gradient-boosted trees (model.name: gradient_boosting, or blended_trees with a neural head)."""
+    max_iter: int = 200
+    learning_rate: float = 0.1
     # Add the next-category distribution observed after each window's last POI in the training users
-    # (out-of-fold for the training rows) as features of the gradient-boosted trees.
-    gbt_poi_statistics: bool = False
+    # (out-of-fold for the training rows) as features of the trees.
+    poi_statistics: bool = False
     # The same statistics keyed by the last visit's subcategory (needs a subcategory column in the data).
-    gbt_subcategory_statistics: bool = False
+    subcategory_statistics: bool = False
     # Category counts of the user's visits before the window: the part of their past the L visits don't show.
-    gbt_history_features: bool = False
+    history_features: bool = False
     # What the user did next after their own earlier visits to the window's last category and last POI (shares
     # of each next category and how many such transitions): the user's habits, from before the target only.
-    gbt_personal_transitions: bool = False
+    personal_transitions: bool = False
     # "balanced" weights each training window inversely to its class frequency (scikit-learn class_weight);
     # "sqrt_balanced" by the square root of that weight: most of the minority-class gain, less lost accuracy.
-    gbt_class_weight: Literal["none", "balanced", "sqrt_balanced"] = "none"
-    gbt_l2_regularization: float = 0.0
+    class_weight: Literal["none", "balanced", "sqrt_balanced"] = "none"
+    l2_regularization: float = 0.0
     # > 0: also fit a random forest of this many trees (scikit-learn RandomForestClassifier: >= 3 windows per
     # leaf, 30% of the features per split, the same class weights) on the same features, and average the two
     # models' log-probabilities. Bagging and boosting err differently; the forest draws random numbers, so
     # such a run depends on the seed.
-    gbt_forest_trees: int = 0
-    # A neural head (a name of the model registry, configured by the other model/loss/optimizer/training keys)
-    # trained on the same folds; its log-probabilities are blended with the trees' with a weight chosen on the
-    # inner validation users. null: trees alone.
-    gbt_blend_head: str | None = None
+    forest_trees: int = 0
     # After the blend weight and calibration offsets are chosen on the inner validation users (with trees fitted
     # on the training users only), refit the trees (and forest) on training + inner validation windows for the
     # test predictions: ~18% more users behind the trees and their POI statistics, the test fold still unseen.
-    gbt_refit_with_inner_val: bool = False
+    refit_with_inner_val: bool = False
+
+
+@dataclass
+class BlendConfig:
+    """model.name: blended_trees — the trees' log-probabilities averaged with a neural head's."""
+    # The neural head (a name of the head registry, configured by the model/loss/optimizer/training sections)
+    # trained on the same folds; the blend weight is chosen on the inner validation users.
+    head: str | None = None
 
 
 @dataclass
@@ -172,7 +181,7 @@ class TrainingConfig:
     progress: bool = True
     # bf16 autocast on GPUs that support it (fp32 master weights and loss).
     mixed_precision: bool = True
-    # How the engine runs the (seed, fold) jobs (see nextpoi_lib/engine.py). Fold workers give exactly the
+    # How the engine runs the (seed, fold) jobs (see nextpoi_lib/training/__init__.py). Fold workers give exactly the
     # in-process numbers at equal thread counts; stacked folds draw dropout masks differently.
     # stack_folds: train the folds of a seed as one batched computation (torch.vmap, Transformer only);
     # "auto" = on CUDA yes, on CPU no (slower there).
@@ -198,6 +207,8 @@ class ExperimentConfig:
     windows: WindowConfig = field(default_factory=WindowConfig)
     folds: FoldConfig = field(default_factory=FoldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    trees: TreesConfig = field(default_factory=TreesConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -216,69 +227,65 @@ class ExperimentConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading
+# From a mapping (resolved from YAML layers by nextpoi_lib.layers) to the typed config
+
+# Tree options that older parameter files spelled under `model:` with a `gbt_` prefix.
+_LEGACY_TREE_KEYS = ("max_iter", "learning_rate", "poi_statistics", "subcategory_statistics", "history_features",
+                     "personal_transitions", "class_weight", "l2_regularization", "forest_trees",
+                     "refit_with_inner_val")
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Later layers win key by key; nested sections merge rather than replace."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+def translate_legacy_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Older parameter files (and the config.yaml of older run folders) spelled the trees' options
+    `model.gbt_<key>` and the blend `model.name: gradient_boosting` + `model.gbt_blend_head: <head>`. Accept them
+    with a deprecation message naming the new key; refuse a key given both ways."""
+    model = data.get("model")
+    if not isinstance(model, dict) or not any(str(key).startswith("gbt_") for key in model):
+        return data
+    data = copy.deepcopy(data)
+    model = data["model"]
+    moved = []
+    for key in _LEGACY_TREE_KEYS:
+        if f"gbt_{key}" not in model:
+            continue
+        trees = data.setdefault("trees", {})
+        if not isinstance(trees, dict) or key in trees:
+            raise ConfigError(f"model.gbt_{key} and trees.{key} are both given. model.gbt_{key} is the old spelling "
+                              f"of trees.{key}: keep trees.{key} only.")
+        trees[key] = model.pop(f"gbt_{key}")
+        moved.append(f"model.gbt_{key} -> trees.{key}")
+    if "gbt_blend_head" in model:
+        # Translated file by file (nextpoi_lib.layers), so a layer that only sets the head also names the run kind.
+        head = model.pop("gbt_blend_head")
+        blend = data.setdefault("blend", {})
+        if not isinstance(blend, dict) or "head" in blend:
+            raise ConfigError("model.gbt_blend_head and blend.head are both given. model.gbt_blend_head is the "
+                              "old spelling of blend.head (with model.name: blended_trees): keep blend.head only.")
+        blend["head"] = head
+        if head is not None:
+            if model.get("name") in (None, "gradient_boosting"):
+                model["name"] = "blended_trees"
+            moved.append(f"model.gbt_blend_head={head!r} -> model.name: blended_trees, blend.head: {head!r}")
         else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Parameter file {str(path)!r} does not exist. Check the path (it is read relative "
-                          f"to the current folder {str(Path.cwd())!r}).")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"Parameter file {str(path)!r} is not valid YAML: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"Parameter file {str(path)!r} must hold a mapping of sections (dataset:, model:, ...), "
-                          f"not a {type(data).__name__}.")
-    # Each layer may name files it builds on, relative to itself.
-    bases = data.pop("extends", None)
-    if bases:
-        merged: dict[str, Any] = {}
-        for base in [bases] if isinstance(bases, str) else bases:
-            merged = deep_merge(merged, read_yaml(path.parent / base))
-        data = deep_merge(merged, data)
+            if model.get("name") in (None, "blended_trees"):
+                model["name"] = "gradient_boosting"
+            moved.append("model.gbt_blend_head: null -> model.name: gradient_boosting (the trees alone)")
+    unknown = sorted(key for key in model if str(key).startswith("gbt_"))
+    if unknown:
+        raise ConfigError(f"Unknown key 'model.{unknown[0]}'. The trees' options are in the section trees: "
+                          f"(without the gbt_ prefix): {', '.join(_LEGACY_TREE_KEYS)}.")
+    warnings.warn("Deprecated keys: the trees' options moved to their own section and the blend to a run kind of "
+                  "its own; rewrite " + "; ".join(moved) + ".", FutureWarning, stacklevel=3)
     return data
 
 
-def load_config(*layers: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Merge YAML files and/or dicts left to right (later wins), validate, return the typed config.
-
-    The run name defaults to the stem of the last file given.
-    """
-    merged: dict[str, Any] = {}
-    last_file_stem = None
-    for layer in layers:
-        if isinstance(layer, dict):
-            merged = deep_merge(merged, layer)
-        else:
-            layer_data = read_yaml(layer)
-            # A profile only adjusts settings; the run keeps the experiment's name.
-            if Path(layer).parent.name != "profiles":
-                last_file_stem = Path(layer).stem
-            merged = deep_merge(merged, layer_data)
-    if overrides:
-        merged = deep_merge(merged, overrides)
-    if "name" not in merged and last_file_stem:
-        merged["name"] = last_file_stem
-    config = from_dict(merged)
-    validate(config, merged)
-    return config
-
-
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    return _build(ExperimentConfig, data, prefix="")
+    """Type a resolved mapping (old `model.gbt_*` keys translated) and check each value; no name registry is
+    consulted here: `experiment.load_config` checks the names of models and heads."""
+    data = translate_legacy_keys(data)
+    config = _build(ExperimentConfig, data, prefix="")
+    validate(config, data)
+    return config
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -369,13 +376,12 @@ def _require(condition: bool, message: str) -> None:
 
 
 def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> None:
-    """Cross-field checks; raises ConfigError naming the key and the fix."""
-    from .baselines import BASELINE_REGISTRY
-    from .models import MODEL_REGISTRY, model_uses_attention_heads
-
+    """Value and cross-field checks; raises ConfigError naming the key and the fix. Names of registered models
+    and heads are checked one layer up, by the experiment's composition root."""
     raw = raw or {}
     d, e, w, f, m, l, o, s, t = (config.dataset, config.embeddings, config.windows, config.folds, config.model,
                                  config.loss, config.optimizer, config.scheduler, config.training)
+    trees = config.trees
     _require(bool(config.name) and "/" not in config.name and not config.name.startswith("."),
              f"name={config.name!r} must be a non-empty folder name without '/' and not starting with '.'.")
     if d.source in ("checkins", "next_parquet"):
@@ -400,45 +406,26 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
                  f"use features: [embedding], or load the check-in table instead.")
         _require(w.length == 9, f"windows.length={w.length}: a next.parquet file holds windows of 9 visits; "
                                 f"set windows.length: 9 or regenerate windows from the check-in table.")
-        for key in ("gbt_history_features", "gbt_personal_transitions"):
-            _require(not getattr(m, key),
-                     f"model.{key}=true needs the user's check-in sequence, and a next.parquet file holds only its "
+        for key in ("history_features", "personal_transitions"):
+            _require(not getattr(trees, key),
+                     f"trees.{key}=true needs the user's check-in sequence, and a next.parquet file holds only its "
                      f"windows: load the check-in table (dataset.source: checkins) or set {key}: false.")
     _require(f.n_splits >= 2, f"folds.n_splits={f.n_splits} must be >= 2.")
     _require(0.0 < f.inner_val_fraction < 0.5,
              f"folds.inner_val_fraction={f.inner_val_fraction} must be between 0 and 0.5 (share of training "
              f"users held out for model selection).")
-    known = sorted(MODEL_REGISTRY) + sorted(BASELINE_REGISTRY)
-    _require(m.name in MODEL_REGISTRY or m.name in BASELINE_REGISTRY,
-             f"model.name={m.name!r} is not a registered model. Valid choices: {', '.join(known)}.")
-    _require(m.gbt_l2_regularization >= 0, f"model.gbt_l2_regularization={m.gbt_l2_regularization} must be >= 0.")
-    _require(m.gbt_forest_trees >= 0,
-             f"model.gbt_forest_trees={m.gbt_forest_trees} must be >= 0 (0: boosted trees alone; e.g. 200: averaged "
+    _require(trees.l2_regularization >= 0, f"trees.l2_regularization={trees.l2_regularization} must be >= 0.")
+    _require(trees.forest_trees >= 0,
+             f"trees.forest_trees={trees.forest_trees} must be >= 0 (0: boosted trees alone; e.g. 200: averaged "
              f"with a random forest of 200 trees).")
-    if m.gbt_blend_head is not None:
-        _require(m.name == "gradient_boosting",
-                 f"model.gbt_blend_head={m.gbt_blend_head!r} blends a neural head into the gradient-boosted trees, "
-                 f"but model.name={m.name!r}: set model.name: gradient_boosting or gbt_blend_head: null.")
-        _require(m.gbt_blend_head in MODEL_REGISTRY,
-                 f"model.gbt_blend_head={m.gbt_blend_head!r} is not a neural head. Valid choices: "
-                 f"{', '.join(sorted(MODEL_REGISTRY))} or null.")
-    _require(not m.gbt_refit_with_inner_val or m.name == "gradient_boosting",
-             f"model.gbt_refit_with_inner_val=true refits the gradient-boosted trees, but model.name={m.name!r}: set "
-             f"model.name: gradient_boosting or gbt_refit_with_inner_val: false.")
-    if m.gbt_subcategory_statistics:
+    if trees.subcategory_statistics:
         _require(d.source == "foursquare_nyc" or (d.source == "checkins" and d.subcategory_column),
-                 f"model.gbt_subcategory_statistics=true needs a finer category per check-in, and dataset.source="
+                 f"trees.subcategory_statistics=true needs a finer category per check-in, and dataset.source="
                  f"{d.source!r} has none: set dataset.subcategory_column to the column that holds it (check-in "
-                 f"tables), or set gbt_subcategory_statistics: false.")
+                 f"tables), or set trees.subcategory_statistics: false.")
     _require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1).")
     _require(m.num_layers >= 1, f"model.num_layers={m.num_layers} must be >= 1.")
     _require(m.num_heads >= 1, f"model.num_heads={m.num_heads} must be >= 1.")
-    if model_uses_attention_heads(m.name):
-        width_key, width = ("model.model_dim", m.model_dim) if m.name == "transformer" else ("model.hidden_dim", m.hidden_dim)
-        _require(width % m.num_heads == 0,
-                 f"model.num_heads={m.num_heads} must divide {width_key}={width} (each head gets "
-                 f"{width_key.split('.')[1]}/num_heads features). Choose num_heads in "
-                 f"{[h for h in range(1, width + 1) if width % h == 0 and h <= 16]}.")
     _require(0.0 <= l.label_smoothing < 1.0, f"loss.label_smoothing={l.label_smoothing} must be in [0, 1).")
     _require(l.focal_gamma >= 0.0, f"loss.focal_gamma={l.focal_gamma} must be >= 0.")
     _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0.")

@@ -1,9 +1,10 @@
-"""Interactive analysis controls: ipywidgets wiring around `nextpoi_lib.figures`, nothing more.
+"""Interactive analysis controls: ipywidgets wiring around `nextpoi_lib.analysis`, nothing more.
 
 `AnalysisApp(outputs_root)` (or `AnalysisApp([run paths])`) shows a run selector, reference run, epoch
 selection, aggregate-or-one-fold, class selector and a counts/row-normalised toggle, and redraws the
 leaderboard, per-class precision/recall, confusion matrices, training curves and attention when a control
-changes. Every figure is built by a `figures` function.
+changes. Every table is computed by `analysis.tables` and every figure drawn by `analysis.figures`; run
+folders are read by `nextpoi_lib.runfolder`.
 
 Each figure is shown in an `ipywidgets.Output` whose `outputs` hold the figure as a plotly mime bundle
 (rendered natively by JupyterLab's plotly extension), and the current `plotly.graph_objects.Figure`
@@ -23,7 +24,8 @@ from pathlib import Path
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from . import figures
+from . import runfolder
+from .analysis import figures, report, tables
 
 __all__ = ["AnalysisApp"]
 
@@ -45,11 +47,11 @@ class AnalysisApp:
     """Interactive analysis over run folders.
 
     `source`: an outputs root (every complete run under it is offered; the initial selection is one
-    dataset, see `figures.select_runs`), one run folder, or a list of run folders.
+    dataset, see `runfolder.select_runs`), one run folder, or a list of run folders.
     """
 
     def __init__(self, source, *, dataset: str | None = None, selection: str = "selected"):
-        self.runs: dict[str, figures.Run] = {}
+        self.runs: dict[str, runfolder.Run] = {}
         initial = self._load_source(source, dataset)
         labels = list(self.runs)
 
@@ -103,15 +105,15 @@ class AnalysisApp:
         if isinstance(source, (str, os.PathLike)) and (Path(source) / "manifest.json").exists():
             paths, initial_paths = [Path(source)], [Path(source)]
         elif isinstance(source, (str, os.PathLike)):
-            paths = figures.discover_runs(source)
+            paths = runfolder.discover_runs(source)
             if not paths:
                 raise ValueError(f"no complete runs under {Path(source).resolve()}")
-            initial_paths = figures.select_runs(source, dataset=dataset)
+            initial_paths = runfolder.select_runs(source, dataset=dataset)
         else:
             paths = initial_paths = [Path(p) for p in source]
             if not paths:
                 raise ValueError("no run folders given")
-        loaded = figures.load_runs(paths)  # unique labels
+        loaded = runfolder.load_runs(paths)  # unique labels
         self.runs = {run.label: run for run in loaded}
         by_path = {run.path.resolve(): run.label for run in loaded}
         return [by_path[Path(p).resolve()] for p in initial_paths]
@@ -157,7 +159,7 @@ class AnalysisApp:
 
     # ---------------------------------------------------------------------------------------- state
 
-    def selected_runs(self) -> list[figures.Run]:
+    def selected_runs(self) -> list[runfolder.Run]:
         return [self.runs[label] for label in self.run_select.value]
 
     @property
@@ -179,7 +181,7 @@ class AnalysisApp:
             self._show_error(ValueError("select at least one run"))
             return False
         try:
-            figures.check_comparable(runs)
+            tables.check_comparable(runs)
         except ValueError as error:
             self._show_error(error)
             return False
@@ -206,10 +208,10 @@ class AnalysisApp:
         self.outputs[name].outputs = (figure_output(fig),)
 
     def update_leaderboard(self) -> None:
-        table = figures.leaderboard(self.selected_runs(), reference=self.reference_select.value,
-                                    selection=self.selection)
+        table = tables.leaderboard(self.selected_runs(), reference=self.reference_select.value,
+                                  selection=self.selection)
         notes = "".join(f"<p><b>Note:</b> {html.escape(n)}</p>" for n in table.attrs.get("notes", []))
-        self.leaderboard_html.value = notes + figures.leaderboard_html(table)
+        self.leaderboard_html.value = notes + report.leaderboard_html(table)
         self.leaderboard_table = table
         self._show("leaderboard", figures.leaderboard_figure(table))
 

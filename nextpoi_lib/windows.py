@@ -7,7 +7,9 @@ non-overlapping protocol (the last, short window is padded); stride 1 uses every
 
 Windows are stored as POI-index arrays plus one embedding table (9 integers per window instead of 576
 floats) and an explicit padding mask: padding is never inferred from all-zero vectors. Position 0 is the
-oldest visit; padding sits on the right.
+oldest visit; padding sits on the right. A window set cut from check-ins also keeps the check-in rows behind
+its windows (`CheckinSequence`), from which `nextpoi_lib.features` computes what lies beyond the window (the
+user's history, their own transitions) only when a run asks for it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,21 @@ import numpy as np
 import pandas as pd
 
 from .data import CheckinTable, DataError, NextParquet
+
+
+@dataclass(frozen=True)
+class CheckinSequence:
+    """The check-in rows behind a window set (sorted by user, then time), for features beyond the window."""
+    category: np.ndarray  # [n_checkins] int64 class id of every check-in
+    poi: np.ndarray  # [n_checkins] int64 POI code of every check-in
+    user_starts: np.ndarray  # [n_users] the first row of each user
+    user_first_row: np.ndarray  # [N] first row of each window's user
+    first_row: np.ndarray  # [N] row of each window's first visit
+    last_row: np.ndarray  # [N] row of each window's last observed visit (the row before the target unless masked)
+
+    def subset(self, index: np.ndarray) -> "CheckinSequence":
+        return CheckinSequence(self.category, self.poi, self.user_starts, self.user_first_row[index],
+                               self.first_row[index], self.last_row[index])
 
 
 @dataclass
@@ -39,11 +56,10 @@ class WindowSet:
     report: dict = field(default_factory=dict)
     # [N, L] int64 finer category of each observed visit (-1 unknown); None when the data has none.
     subcategory_index: np.ndarray | None = None
-    # [N, C] int32 category counts of the user's visits before the window's first visit; None without them.
-    history_counts: np.ndarray | None = None
-    # [N, 2C] int32 the user's own transitions up to the window's last observed visit: category counts of the
-    # check-ins that followed their earlier visits to its category (first C), then to its POI; None without them.
-    personal_transitions: np.ndarray | None = None
+    # The check-in rows behind the windows; None for next.parquet windows, which have no check-in sequence.
+    sequence: CheckinSequence | None = None
+    # Per-window arrays derived from the sequence by nextpoi_lib.features, computed on first use (by name).
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.target)
@@ -61,10 +77,11 @@ class WindowSet:
         per_window = {name: getattr(self, name)[index] for name in (
             "poi_index", "mask", "category_index", "hour", "weekday", "gap_hours", "latitude", "longitude",
             "target", "target_hour", "target_weekday", "users")}
-        optional = {name: None if getattr(self, name) is None else getattr(self, name)[index]
-                    for name in ("subcategory_index", "history_counts", "personal_transitions")}
-        return WindowSet(**per_window, **optional, classes=self.classes, embedding_table=self.embedding_table,
-                         report=dict(self.report))
+        return WindowSet(**per_window, classes=self.classes, embedding_table=self.embedding_table,
+                         report=dict(self.report),
+                         subcategory_index=None if self.subcategory_index is None else self.subcategory_index[index],
+                         sequence=None if self.sequence is None else self.sequence.subset(index),
+                         derived={name: values[index] for name, values in self.derived.items()})
 
 
 def window_bounds(visit_counts: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,38 +185,9 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
         users=user_names.to_numpy().astype(str)[window_user], classes=list(checkins.classes),
         embedding_table=embedding_table, report=report,
         subcategory_index=None if subcategory is None else np.where(observed, subcategory[visit], -1),
-        history_counts=counts_before(category, len(checkins.classes), offsets[window_user], first_row),
-        personal_transitions=personal_transition_counts(
-            category, pd.factorize(frame["poi_id"], sort=False)[0], offsets, len(checkins.classes))[last_row])
-
-
-def counts_before(category: np.ndarray, num_classes: int, user_first_row: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """[len(rows), C] counts of each category among check-ins user_first_row .. rows - 1 (one user's past)."""
-    cumulative = np.zeros((len(category) + 1, num_classes), np.int32)
-    np.cumsum(np.eye(num_classes, dtype=np.int32)[category], axis=0, out=cumulative[1:])
-    return cumulative[rows] - cumulative[user_first_row]
-
-
-def personal_transition_counts(category: np.ndarray, poi: np.ndarray, user_first_rows: np.ndarray,
-                               num_classes: int) -> np.ndarray:
-    """[n_rows, 2C] for each check-in row r: among the same user's transitions (j -> j + 1) with j + 1 <= r,
-    the category counts of the j + 1 whose j had r's category (first C columns), then r's POI (last C).
-    What this user did after being here, or at this kind of place, before."""
-    counts = np.zeros((len(category), 2 * num_classes), np.int32)
-    user_starts = set(user_first_rows.tolist())
-    after_category: dict[int, np.ndarray] = {}
-    after_poi: dict[int, np.ndarray] = {}
-    for row in range(len(category)):
-        if row in user_starts:
-            after_category, after_poi = {}, {}
-        else:
-            after_category.setdefault(category[row - 1], np.zeros(num_classes, np.int32))[category[row]] += 1
-            after_poi.setdefault(poi[row - 1], np.zeros(num_classes, np.int32))[category[row]] += 1
-        if category[row] in after_category:
-            counts[row, :num_classes] = after_category[category[row]]
-        if poi[row] in after_poi:
-            counts[row, num_classes:] = after_poi[poi[row]]
-    return counts
+        sequence=CheckinSequence(category=category, poi=pd.factorize(frame["poi_id"], sort=False)[0],
+                                 user_starts=offsets, user_first_row=offsets[window_user], first_row=first_row,
+                                 last_row=last_row))
 
 
 def windows_from_next_parquet(next_file: NextParquet, classes: list[str] | None = None,

@@ -17,8 +17,9 @@
 #
 # Compares complete run folders (`outputs/<dataset>/<run-name>/`, see `docs/run-folder.md`) of one dataset:
 # leaderboard with paired tests, per-class precision and recall, confusion matrices, training curves and
-# attention weights, then an interactive explorer. Every number comes from the run folders; every table and
-# figure is built by `nextpoi_lib.figures`.
+# attention weights, then an interactive explorer. Every number comes from the run folders, read by
+# `nextpoi_lib.runfolder`; every table is computed by `nextpoi_lib.analysis.tables` and every figure drawn from
+# it by `nextpoi_lib.analysis.figures`. This notebook only calls them and shows the results.
 #
 # Run it with papermill, e.g.
 # `papermill notebooks/analysis.ipynb out.ipynb -p outputs_root outputs -k python3`.
@@ -31,33 +32,22 @@ reference = ""  # empty: the run named "baseline" if present, else the first
 selection = "selected"  # which epoch's metrics: "selected", "last" or "calibrated"
 
 # %%
-import sys
-from pathlib import Path
-
 import plotly.io as pio
 from IPython.display import HTML, display
 
-# Make the library importable when the notebook runs from notebooks/ in a checkout.
-for candidate in (Path.cwd(), *Path.cwd().parents):
-    if (candidate / "nextpoi_lib" / "__init__.py").exists():
-        sys.path.insert(0, str(candidate))
-        break
-
-from nextpoi_lib import figures
+from nextpoi_lib import runfolder
+from nextpoi_lib.analysis import figures, report, tables
 from nextpoi_lib.widgets import AnalysisApp
 
 # The plotly mimetype renders natively in JupyterLab; the inline-HTML fallback (plotly.js embedded once)
 # makes the figures visible in papermill output opened elsewhere, offline.
 pio.renderers.default = "plotly_mimetype+notebook"
 
-run_paths = figures.select_runs(outputs_root, run_names, dataset or None)
-runs = [figures.load_run(p) for p in run_paths]
-comparability = figures.check_comparable(runs)
+run_paths = runfolder.select_runs(outputs_root, run_names, dataset or None)
+runs = runfolder.load_runs(run_paths)
+comparability = tables.check_comparable(runs)
 print(f"{len(runs)} runs of dataset {runs[0].dataset!r}:")
-for run in runs:
-    m = run.manifest
-    print(f"  {run.label}: model={m.get('model')} kind={m.get('kind')} profile={m.get('profile')} "
-          f"device={m.get('device')} seeds={m.get('seeds')} folds={m.get('n_folds')}")
+display(tables.runs_table(runs))
 for note in comparability.notes:
     print("Note:", note)
 
@@ -68,8 +58,8 @@ for note in comparability.notes:
 # matched (seed, fold) pairs (the `note` column says when there are too few pairs for any p below 0.05).
 
 # %%
-table = figures.leaderboard(runs, reference=reference or None, selection=selection)
-display(HTML(figures.leaderboard_html(table)))
+table = tables.leaderboard(runs, reference=reference or None, selection=selection)
+display(HTML(report.leaderboard_html(table)))
 figures.leaderboard_figure(table).show()
 
 # %% [markdown]

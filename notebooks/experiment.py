@@ -16,9 +16,9 @@
 # # One experiment
 #
 # Cross-validates one experiment and writes its run folder `<output_root>/<dataset>/<run-name>/` with the same
-# files as `nextpoi run` (see `docs/run-folder.md`; the code path is the same, `runs.run_experiment`), then shows
-# the fold summary, the training curves and the confusion matrix. It trains on the GPU when one is visible and
-# on the CPU otherwise; `manifest.json` records the device.
+# files as `nextpoi run` (see `docs/run-folder.md`; the code path is the same, `experiment.run_experiment`),
+# then shows the fold summary, the training curves and the confusion matrix. It trains on the GPU when one is
+# visible and on the CPU otherwise; `manifest.json` records the device.
 #
 # From the repository root:
 #
@@ -35,27 +35,21 @@
 # `jupytext --to ipynb notebooks/experiment.py`.
 
 # %%
-import sys
 from pathlib import Path
 
 import pandas as pd
 import plotly.io as pio
 from IPython.display import display
 
-# Make the library importable when the notebook runs from notebooks/ in a checkout without an install.
-for candidate in (Path.cwd(), *Path.cwd().parents):
-    if (candidate / "nextpoi_lib" / "__init__.py").exists():
-        sys.path.insert(0, str(candidate))
-        break
-
-from nextpoi_lib import batch, figures, runs
+from nextpoi_lib import experiment, notebook_parameters, runfolder
+from nextpoi_lib.analysis import figures
 
 # The plotly mimetype renders natively in JupyterLab; the inline-HTML fallback (plotly.js embedded once) keeps
 # the figures visible offline in the executed notebook opened elsewhere.
 pio.renderers.default = "plotly_mimetype+notebook"
 
 # Lets the configuration cell see which parameters papermill injects after the parameters cell.
-batch.watch_injected_parameters()
+notebook_parameters.watch_injected_parameters()
 
 # %% tags=["parameters"]
 # How the values combine, later wins: library defaults <- parameter_files <- extends <- the sections below
@@ -76,6 +70,8 @@ embeddings = {"epochs": 20}
 windows = {"length": 9, "stride": 9, "features": ["embedding"]}
 folds = {"n_splits": 5}
 model = {"name": "transformer", "num_layers": 1, "num_heads": 4, "model_dim": 32, "feedforward_dim": 64}
+trees = {}  # the gradient-boosted trees (model.name: gradient_boosting or blended_trees)
+blend = {}  # model.name: blended_trees: the neural head blended with the trees
 loss = {"name": "cross_entropy", "class_weights": "balanced"}
 optimizer = {"weight_decay": 1.0e-4}
 scheduler = {"name": "onecycle", "max_lr": 3.0e-3, "pct_start": 0.3, "div_factor": 10.0, "final_div_factor": 100.0}
@@ -89,7 +85,7 @@ output = {}
 
 # %%
 # NBVAL_CHECK_OUTPUT
-resolved = batch.notebook_config(globals())
+resolved = notebook_parameters.notebook_config(globals())
 config = resolved.config
 print(resolved.describe())
 
@@ -102,12 +98,12 @@ print(resolved.describe())
 # %%
 # NBVAL_IGNORE_OUTPUT
 # Progress lines and timings differ from one execution to the next.
-run_path = runs.run_experiment(config)
+run_path = experiment.run_experiment(config)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 # Device, timings and versions differ between machines and executions.
-run = figures.load_run(run_path)
+run = runfolder.load_run(run_path)
 manifest = run.manifest
 print(f"Run {manifest['run_name']} ({manifest['kind']}, model {manifest['model']}) on {manifest['device']} "
       f"({manifest['device_name']}), profile {manifest['profile']}, {manifest['duration_seconds']:.0f}s, "

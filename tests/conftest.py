@@ -39,3 +39,19 @@ def embedding_frame(pois: list[str], dim: int = 8, seed: int = 0) -> pd.DataFram
     rng = np.random.default_rng(seed)
     return pd.DataFrame(rng.normal(size=(len(pois), dim)).astype(np.float32), index=pd.Index(pois, name="poi_id"),
                         columns=[str(i) for i in range(dim)])
+
+
+@pytest.fixture(scope="module")
+def one_seed(tmp_path_factory):
+    """Two fake runs (tests/runfixtures.py), one seed × 5 folds: 5 pairs. Read-only for the tests."""
+    from runfixtures import one_seed_runs
+
+    return one_seed_runs(tmp_path_factory.mktemp("one") / "outputs")
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory):
+    """Three fake runs, 3 seeds × 5 folds: 15 pairs; 'better' is clearly better on every pair. Read-only."""
+    from runfixtures import three_seed_runs
+
+    return three_seed_runs(tmp_path_factory.mktemp("three") / "outputs")

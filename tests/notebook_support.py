@@ -1,5 +1,6 @@
-"""Helpers shared by the experiment-notebook and batch tests: a shrunken smoke experiment and a DGI cache
-shared by every output root of the test session (the embedding is computed once, then read from the cache)."""
+"""Helpers shared by the experiment-notebook, notebook-parameter and batch tests: the notebook's parameters
+cell, a shrunken smoke experiment and a DGI cache shared by every output root of the test session (the
+embedding is computed once, then read from the cache)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import copy
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import nbformat
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,6 +22,26 @@ BIN = Path(sys.executable).parent
 
 # Shrinks parameters/smoke.yaml further so that one execution takes seconds on 2 cores.
 SHRINK = {"embeddings": {"epochs": 2}, "folds": {"n_splits": 2}, "training": {"epochs": 1}}
+
+
+def notebook_defaults() -> dict:
+    """The variables the experiment notebook's parameters cell defines, by executing that cell."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
+    namespace: dict = {}
+    exec(cells[0].source, namespace)
+    namespace.pop("__builtins__")
+    return namespace
+
+
+def quiet_load(*layers, **kwargs):
+    """`experiment.load_config` (what `nextpoi run` resolves), its warnings silenced."""
+    from nextpoi_lib.experiment import load_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_config(*layers, **kwargs)
 
 
 def smoke_sections() -> dict:

@@ -304,3 +304,51 @@ def make_fake_run(
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs shared by the analysis and widget tests, and the numbers they expect, computed here with
+# pandas from the CSV files — never by the code under test.
+
+CLASSES = ("A", "B", "C")
+
+
+def one_seed_runs(root) -> tuple[Path, Path]:
+    """Two runs, one seed × 5 folds: 5 pairs."""
+    return (make_fake_run(root, run_name="baseline", quality=0.55, rng_seed=0),
+            make_fake_run(root, run_name="better", quality=0.80, rng_seed=1))
+
+
+def three_seed_runs(root) -> tuple[Path, Path, Path]:
+    """Three runs, 3 seeds × 5 folds: 15 pairs; 'better' is clearly better on every pair."""
+    return (make_fake_run(root, run_name="other", seeds=(0, 1, 2), quality=0.62, rng_seed=2),
+            make_fake_run(root, run_name="baseline", seeds=(0, 1, 2), quality=0.55, rng_seed=0),
+            make_fake_run(root, run_name="better", seeds=(0, 1, 2), quality=0.80, rng_seed=1))
+
+
+def fold_rows(run, selection="selected") -> pd.DataFrame:
+    df = pd.read_csv(Path(run) / "fold_metrics.csv")
+    return df[df["selection"] == selection].sort_values(["seed", "fold"])
+
+
+def per_class_expected(run, fold=None) -> pd.DataFrame:
+    df = pd.read_csv(Path(run) / "per_class.csv", keep_default_na=False)
+    df = df[df["selection"] == "selected"]
+    if fold is not None:
+        df = df[df["fold"] == fold]
+    return df.groupby("class")[["precision", "recall"]].agg(["mean", "std"])
+
+
+def counts_expected(run, fold=None, classes=CLASSES) -> np.ndarray:
+    df = pd.read_csv(Path(run) / "confusion.csv", keep_default_na=False)
+    df = df[df["selection"] == "selected"]
+    if fold is not None:
+        df = df[df["fold"] == fold]
+    m = df.pivot_table(index="true_class", columns="predicted_class", values="count", aggfunc="sum")
+    return m.loc[list(classes), list(classes)].to_numpy(dtype=float)
+
+
+def bars(fig, run_name, axis):
+    """Bar heights and error bars, by class, of one run's trace on one x axis of a per-class figure."""
+    (trace,) = [t for t in fig.data if t.name == run_name and (t.xaxis or "x") == axis]
+    return dict(zip(trace.x, trace.y)), dict(zip(trace.x, trace.error_y.array))

@@ -68,6 +68,9 @@ def test_analysis_notebook_executes_under_papermill(tmp_path):
     assert table.count("<tr") == 1 + 2
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "2 runs of dataset 'toy'" in text and "elsewhere" not in text
+    # The runs' table (analysis.tables.runs_table) is displayed, not built in the notebook.
+    (runs_table,) = [h for h in html if 'class="dataframe"' in h]
+    assert "baseline" in runs_table and "better" in runs_table and "elsewhere" not in runs_table
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), \
         "the interactive AnalysisApp was not displayed"
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)

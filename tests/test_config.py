@@ -1,17 +1,23 @@
+"""nextpoi_lib.config: typing and value checks (loaded through experiment.load_config), and the old spellings of
+the trees' options translated with a deprecation message."""
 import warnings
+from pathlib import Path
 
 import pytest
 import yaml
 
-from nextpoi_lib.config import ConfigError, ExperimentConfig, load_config
+from nextpoi_lib.config import ConfigError, ExperimentConfig, from_dict, translate_legacy_keys
+from nextpoi_lib.experiment import load_config
+
+PARAMETERS = Path(__file__).resolve().parents[1] / "parameters"
 
 
 def test_parameter_files_load_with_the_seed_numbers():
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        baseline = load_config("parameters/baseline.yaml")
-        a = load_config("parameters/A.yaml")
-        c = load_config("parameters/C.yaml")
+        warnings.simplefilter("ignore", UserWarning)  # A's OneCycle learning-rate note
+        baseline = load_config(PARAMETERS / "baseline.yaml")
+        a = load_config(PARAMETERS / "A.yaml")
+        c = load_config(PARAMETERS / "C.yaml")
     assert (baseline.model.num_layers, baseline.model.num_heads, baseline.model.dropout) == (4, 8, 0.1)
     assert baseline.scheduler.max_lr == 1e-2 and baseline.optimizer.weight_decay == 1e-2
     assert baseline.training.batch_size == 1024 and baseline.loss.class_weights == "balanced"
@@ -22,21 +28,13 @@ def test_parameter_files_load_with_the_seed_numbers():
     assert c.model.name == "gru" and c.training.weighted_sampler and c.loss.class_weights == "none"
 
 
-def test_layers_merge_left_to_right(tmp_path):
-    first = tmp_path / "first.yaml"
-    first.write_text("model: {name: gru, hidden_dim: 32}\ntraining: {epochs: 7}\n")
-    second = tmp_path / "second.yaml"
-    second.write_text("model: {hidden_dim: 64}\n")
-    config = load_config(first, second)
-    assert config.model.name == "gru" and config.model.hidden_dim == 64 and config.training.epochs == 7
-    assert config.name == "second"
-
-
 def test_unknown_key_names_the_key_and_suggests(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("training: {epocs: 3}\n")
     with pytest.raises(ConfigError, match=r"training\.epocs.*Did you mean 'epochs'"):
         load_config(path)
+    with pytest.raises(ConfigError, match=r"Unknown key 'trees\.max_iters'.*Did you mean 'max_iter'"):
+        load_config({"trees": {"max_iters": 3}})
 
 
 def test_number_written_as_text_is_explained():
@@ -52,7 +50,6 @@ def test_invalid_choice_lists_valid_ones():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"model": {"num_heads": 3, "model_dim": 64}}, r"num_heads=3 must divide model\.model_dim=64"),
     ({"windows": {"length": 0}}, r"windows\.length=0 must be >= 1"),
     ({"training": {"epochs": 0}}, r"training\.epochs=0"),
     ({"training": {"seeds": []}}, r"training\.seeds"),
@@ -60,27 +57,155 @@ def test_invalid_choice_lists_valid_ones():
     ({"dataset": {"source": "checkins"}}, r"dataset\.path is required"),
     ({"training": {"batch_size": "512"}}, r"training\.batch_size='512' must be an integer"),
     ({"dataset": {"source": "checkins", "path": "x.csv"},
-      "model": {"name": "gradient_boosting", "gbt_subcategory_statistics": True}},
-     r"gbt_subcategory_statistics=true.*dataset\.subcategory_column"),
+      "model": {"name": "gradient_boosting"}, "trees": {"subcategory_statistics": True}},
+     r"trees\.subcategory_statistics=true.*dataset\.subcategory_column"),
     ({"dataset": {"source": "next_parquet", "path": "next.parquet"},
-      "model": {"name": "gradient_boosting", "gbt_personal_transitions": True}},
-     r"model\.gbt_personal_transitions=true needs the user's check-in sequence.*dataset\.source: checkins"),
+      "model": {"name": "gradient_boosting"}, "trees": {"personal_transitions": True}},
+     r"trees\.personal_transitions=true needs the user's check-in sequence.*dataset\.source: checkins"),
     ({"dataset": {"source": "next_parquet", "path": "next.parquet"},
-      "model": {"name": "gradient_boosting", "gbt_history_features": True}},
-     r"model\.gbt_history_features=true needs the user's check-in sequence"),
-    ({"model": {"gbt_class_weight": "inverse"}},
-     r"model\.gbt_class_weight='inverse'.*'none', 'balanced', 'sqrt_balanced'"),
-    ({"model": {"gbt_l2_regularization": -1.0}}, r"model\.gbt_l2_regularization=-1\.0 must be >= 0"),
-    ({"model": {"gbt_forest_trees": -5}}, r"model\.gbt_forest_trees=-5 must be >= 0 \(0: boosted trees alone"),
-    ({"model": {"name": "gradient_boosting", "gbt_blend_head": "xgboost"}},
-     r"model\.gbt_blend_head='xgboost' is not a neural head\. Valid choices: .*gru.*transformer.* or null"),
-    ({"model": {"name": "gru", "gbt_blend_head": "gru"}}, r"but model\.name='gru': set model\.name: gradient_boosting"),
-    ({"model": {"name": "gru", "gbt_refit_with_inner_val": True}},
-     r"model\.gbt_refit_with_inner_val=true refits the gradient-boosted trees, but model\.name='gru'"),
+      "model": {"name": "gradient_boosting"}, "trees": {"history_features": True}},
+     r"trees\.history_features=true needs the user's check-in sequence"),
+    ({"trees": {"class_weight": "inverse"}},
+     r"trees\.class_weight='inverse'.*'none', 'balanced', 'sqrt_balanced'"),
+    ({"trees": {"l2_regularization": -1.0}}, r"trees\.l2_regularization=-1\.0 must be >= 0"),
+    ({"trees": {"forest_trees": -5}}, r"trees\.forest_trees=-5 must be >= 0 \(0: boosted trees alone"),
+    ({"trees": {"max_iter": 2.5}}, r"trees\.max_iter=2\.5 must be an integer"),
+    ({"blend": {"head": 3}}, r"blend\.head=3 must be a string"),
+    ({"trees": "all"}, r"Section 'trees' must be a mapping of keys"),
 ])
 def test_impossible_values_fail(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model": {"gbt_class_weight": "inverse"}}, r"trees\.class_weight='inverse'.*'none', 'balanced', 'sqrt_balanced'"),
+    ({"model": {"gbt_forest_trees": -5}}, r"trees\.forest_trees=-5 must be >= 0"),
+    ({"dataset": {"source": "next_parquet", "path": "next.parquet"},
+      "model": {"name": "gradient_boosting", "gbt_personal_transitions": True}},
+     r"trees\.personal_transitions=true needs the user's check-in sequence"),
+    ({"model": {"name": "gradient_boosting", "gbt_blend_head": "xgboost"}},
+     r"blend\.head='xgboost' is not a neural head\. Valid choices: .*gru.*transformer"),
+    ({"model": {"name": "gru", "gbt_blend_head": "gru"}}, r"but model\.name='gru': set model\.name: blended_trees"),
+    ({"model": {"name": "gru", "gbt_refit_with_inner_val": True}},
+     r"trees\.refit_with_inner_val=true refits the gradient-boosted trees, but model\.name='gru'"),
+])
+def test_old_spellings_are_checked_under_their_new_names(overrides, message):
+    with pytest.warns(FutureWarning, match="Deprecated keys"):
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# The old spellings of the trees' options
+
+
+def test_legacy_trees_and_blend_keys_load_with_a_future_warning():
+    with pytest.warns(FutureWarning, match=r"model\.gbt_max_iter -> trees\.max_iter") as caught:
+        config = load_config({"model": {"name": "gradient_boosting", "gbt_max_iter": 7, "gbt_blend_head": "gru"}})
+    assert config.trees.max_iter == 7 and config.model.name == "blended_trees" and config.blend.head == "gru"
+    message = str(caught[0].message)
+    assert "model.gbt_blend_head='gru' -> model.name: blended_trees, blend.head: 'gru'" in message
+    # Everything else keeps its default.
+    assert config.trees.learning_rate == 0.1 and config.trees.forest_trees == 0
+
+
+def test_every_legacy_trees_key_moves_to_its_section():
+    old = {"max_iter": 12, "learning_rate": 0.2, "poi_statistics": True, "subcategory_statistics": True,
+           "history_features": True, "personal_transitions": True, "class_weight": "balanced",
+           "l2_regularization": 0.5, "forest_trees": 3, "refit_with_inner_val": True}
+    data = {"model": {"name": "gradient_boosting", "hidden_dim": 8, **{f"gbt_{k}": v for k, v in old.items()}}}
+    with pytest.warns(FutureWarning) as caught:
+        translated = translate_legacy_keys(data)
+    assert translated == {"model": {"name": "gradient_boosting", "hidden_dim": 8}, "trees": old}
+    assert "gbt_max_iter" in data["model"]  # the input is not changed
+    for key in old:
+        assert f"model.gbt_{key} -> trees.{key}" in str(caught[0].message)
+    with pytest.warns(FutureWarning):
+        config = from_dict(data)
+    assert [getattr(config.trees, key) for key in old] == list(old.values())
+
+
+def test_gradient_boosting_without_a_blend_head_stays_the_trees_alone():
+    with pytest.warns(FutureWarning):
+        config = load_config({"model": {"name": "gradient_boosting", "gbt_max_iter": 9, "gbt_blend_head": None}})
+    assert config.model.name == "gradient_boosting" and config.blend.head is None and config.trees.max_iter == 9
+    with pytest.warns(FutureWarning, match=r"model\.gbt_blend_head: null"):
+        config = load_config({"model": {"name": "gradient_boosting", "gbt_blend_head": None}})
+    assert config.model.name == "gradient_boosting" and config.blend.head is None
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"model": {"gbt_max_iter": 7}, "trees": {"max_iter": 8}},
+     r"model\.gbt_max_iter and trees\.max_iter are both given.*keep trees\.max_iter only"),
+    ({"model": {"name": "gradient_boosting", "gbt_blend_head": "gru"}, "blend": {"head": "lstm"}},
+     r"model\.gbt_blend_head and blend\.head are both given"),
+    ({"model": {"gbt_max_iters": 7}}, r"Unknown key 'model\.gbt_max_iters'.*section trees:.*max_iter"),
+])
+def test_both_spellings_or_an_unknown_old_key_fail(data, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(data)
+
+
+def test_new_spellings_load_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = load_config({"model": {"name": "blended_trees"}, "trees": {"max_iter": 7},
+                              "blend": {"head": "gru"}, "scheduler": {"name": "cosine"}})
+    assert config.trees.max_iter == 7 and config.blend.head == "gru"
+    assert translate_legacy_keys({"model": {"name": "gru"}}) == {"model": {"name": "gru"}}
+
+
+OLD_RECOMMENDED_MODEL = """
+model:
+  name: gradient_boosting
+  model_dim: 64
+  hidden_dim: 128
+  num_layers: 1
+  num_heads: 8
+  dropout: 0.2
+  causal: false
+  feedforward_dim: 256
+  category_embedding_dim: 32
+  markov_order: 2
+  gbt_max_iter: 400
+  gbt_learning_rate: 0.05
+  gbt_poi_statistics: true
+  gbt_subcategory_statistics: true
+  gbt_history_features: true
+  gbt_personal_transitions: true
+  gbt_class_weight: sqrt_balanced
+  gbt_l2_regularization: 0.0
+  gbt_forest_trees: 200
+  gbt_blend_head: gru
+  gbt_refit_with_inner_val: true
+"""
+
+
+def test_an_old_run_folders_config_loads_as_todays():
+    """The model section of the config.yaml an older version wrote for `recommended` (every gbt_ key spelled out)
+    gives today's recommended config."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        today = load_config(PARAMETERS / "recommended.yaml").to_dict()
+    old = {key: value for key, value in today.items() if key not in ("trees", "blend")}
+    old.update(yaml.safe_load(OLD_RECOMMENDED_MODEL))
+    with pytest.warns(FutureWarning):
+        assert load_config(old).to_dict() == today
+
+
+def test_old_style_files_extending_old_style_files_translate(tmp_path):
+    (tmp_path / "parent.yaml").write_text(OLD_RECOMMENDED_MODEL)
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\nmodel:\n  gbt_forest_trees: 0\n"
+                                         "  gbt_poi_statistics: false\n")
+    with pytest.warns(FutureWarning):
+        config = load_config(tmp_path / "child.yaml")
+    assert config.trees.forest_trees == 0 and not config.trees.poi_statistics and config.trees.max_iter == 400
+    assert config.model.name == "blended_trees" and config.blend.head == "gru"
+
+
+# --------------------------------------------------------------------------------------------------
+# Other checks
 
 
 @pytest.mark.parametrize("overrides", [
@@ -107,6 +232,7 @@ def test_defaults_are_the_users_baseline():
     config = ExperimentConfig()
     assert config.model.name == "transformer" and config.windows.length == 9
     assert config.folds.strategy == "user_grouped"
+    assert config.trees.max_iter == 200 and config.trees.class_weight == "none" and config.blend.head is None
 
 
 @pytest.mark.parametrize("training, expected", [
@@ -148,19 +274,22 @@ def test_engine_rechecks_execution_settings_changed_after_loading():
         check_execution_settings(config.training)
 
 
-def test_every_shipped_parameter_file_loads():
-    from pathlib import Path
-
-    files = sorted(p for p in Path("parameters").rglob("*.yaml") if "profiles" not in p.parts)
+def test_every_shipped_parameter_file_loads_without_a_deprecation():
+    files = sorted(p for p in PARAMETERS.rglob("*.yaml") if "profiles" not in p.parts)
     assert len(files) >= 15
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", UserWarning)  # notes such as OneCycle's learning rate
+        warnings.simplefilter("error", FutureWarning)  # no shipped file uses an old spelling
         for path in files:
             assert load_config(path).name == path.stem, path
-        for profile in Path("parameters/profiles").glob("*.yaml"):
-            load_config("parameters/baseline.yaml", profile)
-    labels_only = load_config("parameters/recommended_labels_only.yaml").model
-    assert labels_only.gbt_history_features and not labels_only.gbt_poi_statistics
+        for profile in (PARAMETERS / "profiles").glob("*.yaml"):
+            load_config(PARAMETERS / "baseline.yaml", profile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        recommended = load_config(PARAMETERS / "recommended.yaml")
+        labels_only = load_config(PARAMETERS / "recommended_labels_only.yaml")
+    assert recommended.model.name == "blended_trees" and recommended.blend.head == "gru"
+    assert labels_only.trees.history_features and not labels_only.trees.poi_statistics
     # No place identity in the labels-only twin: half of the personal transitions are keyed by the POI.
-    assert load_config("parameters/recommended.yaml").model.gbt_personal_transitions
-    assert not labels_only.gbt_personal_transitions
+    assert recommended.trees.personal_transitions
+    assert not labels_only.trees.personal_transitions

@@ -1,5 +1,6 @@
-"""The experiment notebook: its parameters resolve exactly like `nextpoi run`, an execution with papermill writes
-the same run folder as `nextpoi run`, and executed notebooks pass nbval (deterministic outputs re-checked).
+"""The experiment notebook: its source (paired, parameters cell complete, no path shim), an execution with
+papermill writes the same run folder as `nextpoi run`, and executed notebooks pass nbval (deterministic outputs
+re-checked). How its parameters resolve is tested without a kernel in tests/test_notebook_parameters.py.
 
 Executions use parameters/smoke.yaml shrunken further (2 folds, 1 epoch, 2 DGI epochs) and a temporary output
 root whose embedding cache is shared by the test session.
@@ -10,50 +11,20 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 import yaml
 
-from nextpoi_lib import batch
-from nextpoi_lib.config import ConfigError, load_config
+from nextpoi_lib import notebook_parameters
 from notebook_support import (ANALYSIS_NOTEBOOK, BIN, NOTEBOOK, REPO, SHRINK, SMOKE, code_outputs, error_outputs,
-                              nbval, output_root_with_shared_cache, run_command, shrunken_smoke_injection,
-                              smoke_sections, write_parameter_file)
-
-# Every experiment file (reference baselines in parameters/baselines/ included), not the profiles.
-PARAMETER_FILES = sorted(p for p in (REPO / "parameters").rglob("*.yaml") if "profiles" not in p.parts)
-
-
-def notebook_defaults() -> dict:
-    """The variables the notebook's parameters cell defines, by executing that cell."""
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
-    namespace: dict = {}
-    exec(cells[0].source, namespace)
-    namespace.pop("__builtins__")
-    return namespace
-
-
-def resolve_like_papermill(injected: dict):
-    """The config the notebook builds when papermill injects `injected` after the parameters cell."""
-    namespace = {**notebook_defaults(), **injected}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return batch.notebook_config(namespace, injected=set(injected)).config
-
-
-def quiet_load(*layers, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_config(*layers, **kwargs)
+                              nbval, notebook_defaults, output_root_with_shared_cache, quiet_load, run_command,
+                              shrunken_smoke_injection, write_parameter_file)
 
 
 # --------------------------------------------------------------------------------------------------
-# Parameters -> config (no kernel)
+# The notebook's source (how its parameters resolve: tests/test_notebook_parameters.py)
 
 
 def test_notebook_source_and_ipynb_are_in_sync():
@@ -68,108 +39,19 @@ def test_notebook_source_and_ipynb_are_in_sync():
 
 def test_parameters_cell_declares_every_config_section():
     defaults = notebook_defaults()
-    for name in (*batch.SECTION_NAMES, "parameter_files", "extends", "profile", "output_root", "overwrite"):
+    for name in (*notebook_parameters.SECTION_NAMES, *notebook_parameters.NOTEBOOK_OPTIONS):
         assert name in defaults, name
     assert defaults["parameter_files"] == [] and defaults["profile"] is None and defaults["extends"] is None
 
 
-@pytest.mark.parametrize("parameter_file", PARAMETER_FILES, ids=lambda p: str(p.relative_to(REPO / "parameters")))
-def test_dash_f_resolves_like_nextpoi_run(parameter_file):
-    """`papermill -f FILE` injects the file's top-level keys; the notebook must resolve them to the config of
-    `nextpoi run FILE` (extends, defaults of sections the file leaves out, the name)."""
-    injected = yaml.safe_load(parameter_file.read_text())
-    assert resolve_like_papermill(injected).to_dict() == quiet_load(parameter_file).to_dict()
-
-
-@pytest.mark.parametrize("parameter_file", [REPO / "parameters" / "A.yaml", SMOKE], ids=lambda p: p.name)
-def test_dash_f_with_profile_resolves_like_nextpoi_run_with_profile(parameter_file):
-    injected = {**yaml.safe_load(parameter_file.read_text()), "profile": "cpu"}
-    expected = quiet_load(parameter_file, REPO / "parameters" / "profiles" / "cpu.yaml")
-    expected.profile = "cpu"  # as `nextpoi run --profile` records it
-    config = resolve_like_papermill(injected)
-    assert config.to_dict() == expected.to_dict()
-    assert config.name == parameter_file.stem and config.training.seeds == [0]
-
-
-def test_parameter_files_sections_and_profile_layer_in_order(tmp_path):
-    override = {"training": {"epochs": 7}, "model": {"dropout": 0.25}}
-    config = resolve_like_papermill({"parameter_files": [str(REPO / "parameters" / "C.yaml")], **override,
-                                     "profile": "gpu", "output_root": str(tmp_path), "overwrite": True})
-    expected = quiet_load(REPO / "parameters" / "C.yaml", override,
-                          overrides={"output": {"root": str(tmp_path), "overwrite": True}})
-    expected.profile = "gpu"
-    assert config.to_dict() == expected.to_dict()
-    assert config.name == "C" and config.training.epochs == 7 and config.model.name == "gru"
-
-
-def test_extends_is_resolved_relative_to_parameters():
-    config = resolve_like_papermill({"extends": "baseline.yaml", "name": "mine", "training": {"epochs": 2}})
-    expected = quiet_load(REPO / "parameters" / "baseline.yaml", {"name": "mine", "training": {"epochs": 2}})
-    assert config.to_dict() == expected.to_dict()
-
-
-def test_without_injection_the_notebook_defaults_are_a_tiny_cpu_experiment():
-    defaults = notebook_defaults()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        config = batch.notebook_config(defaults, injected=set()).config
-        from_files = batch.notebook_config({**defaults, "parameter_files": [str(SMOKE)]}, injected=set()).config
-    assert config.name == "notebook" and config.training.epochs <= 5 and config.model.num_layers == 1
-    assert config.embeddings.epochs <= 20 and config.windows.stride == 9 and config.training.device == "auto"
-    # With parameter_files set and nothing injected, the files alone define the experiment.
-    assert from_files.to_dict() == quiet_load(SMOKE).to_dict()
-
-
-def test_injecting_only_options_keeps_the_notebook_defaults(tmp_path):
-    config = resolve_like_papermill({"profile": "cpu", "output_root": str(tmp_path)})
-    expected = resolve_like_papermill({})
-    assert config.name == expected.name == "notebook" and config.model == expected.model
-    assert config.profile == "cpu" and config.output.root == str(tmp_path)
-    cpu = yaml.safe_load((REPO / "parameters" / "profiles" / "cpu.yaml").read_text())
-    assert config.training.epochs == cpu["training"]["epochs"] != expected.training.epochs  # applied last
-
-
-def test_invalid_injected_values_fail_with_the_config_message():
-    with pytest.raises(ConfigError, match="Did you mean 'training'"):
-        resolve_like_papermill({**smoke_sections(), "trainng": {"epochs": 1}})
-    with pytest.raises(ConfigError, match="training.epochs"):
-        resolve_like_papermill({**smoke_sections(), "training": {"epochs": "many"}})
-    with pytest.raises(ConfigError, match="Profile 'nope' does not exist"):
-        resolve_like_papermill({**smoke_sections(), "profile": "nope"})
-
-
-@pytest.mark.parametrize("watched", [True, False], ids=["cell-watcher", "input-history"])
-def test_injected_names_are_read_from_the_papermill_cell(watched):
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shell = InteractiveShell.instance()
-    try:
-        if watched:
-            batch.watch_injected_parameters()
-            batch.watch_injected_parameters()  # idempotent
-        shell.run_cell("name = 'defaults'\ntraining = {}", store_history=watched)
-        assert batch.injected_parameter_names() == set()
-        # nbval executes with store_history=False: the watcher still sees the cell.
-        shell.run_cell('# Parameters\nname = "smoke"\ntraining = {"epochs": 3}\n', store_history=not watched)
-        shell.run_cell("x = 1", store_history=not watched)
-        assert batch.injected_parameter_names() == {"name", "training"}
-    finally:
-        InteractiveShell.clear_instance()
-        batch._executed_cells.clear()
-    assert batch.injected_parameter_names() is None  # outside IPython
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_profiles_keep_the_run_name_and_are_recorded():
-    for profile in ("cpu", "gpu"):
-        config = batch.experiment_config([REPO / "parameters" / "baseline.yaml"], profile=profile)
-        assert config.name == "baseline" and config.profile == profile
-    cpu = batch.experiment_config([REPO / "parameters" / "D.yaml"], profile="cpu")
-    full = batch.experiment_config([REPO / "parameters" / "D.yaml"], profile="gpu")
-    assert full.to_dict() == {**quiet_load(REPO / "parameters" / "D.yaml").to_dict(), "profile": "gpu"}
-    assert cpu.training.seeds == [0] and cpu.training.epochs < full.training.epochs
-    assert batch.resolve_profile("auto", gpu_visible=False).name == "cpu.yaml"
-    assert batch.resolve_profile("auto", gpu_visible=True).name == "gpu.yaml"
+def test_notebook_imports_the_installed_library_without_a_path_shim():
+    """The notebook imports, calls and displays: the library comes from the environment (an installed or
+    editable package), the batch scheduler is not imported into the kernel."""
+    source = (REPO / "notebooks" / "experiment.py").read_text()
+    assert "sys.path" not in source and "import sys" not in source
+    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert any("notebook_parameters" in line for line in imports)
+    assert not any("batch" in line for line in imports)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,7 +136,7 @@ def test_nbval_catches_a_changed_deterministic_output(executed):
 
 
 def test_analysis_notebook_over_two_smoke_runs_passes_nbval(executed):
-    from nextpoi_lib.runs import run_files
+    from nextpoi_lib.experiment import run_files
 
     root = executed["root"]
     shutil.rmtree(root / "foursquare_nyc" / "smoke_b", ignore_errors=True)

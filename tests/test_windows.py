@@ -1,5 +1,4 @@
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import embedding_frame, synthetic_checkins
@@ -84,7 +83,7 @@ def test_next_parquet_windows_mask_trailing_padding_only(tmp_path):
     assert windows.classes[0] == "Food"
 
 
-def test_history_counts_and_subcategories_by_hand(tmp_path):
+def test_subcategories_by_hand(tmp_path):
     frame = synthetic_checkins(n_users=2, visits_per_user=14)
     frame["venue_type"] = [f"type{i % 4}" for i in range(len(frame))]
     path = tmp_path / "c.csv"
@@ -93,55 +92,49 @@ def test_history_counts_and_subcategories_by_hand(tmp_path):
     pois = sorted(table.frame.poi_id.unique())
     windows = build_windows(table, embedding_frame(pois), length=4, stride=1)
     user = table.frame[table.frame.user_id == "u000"].reset_index(drop=True)
-    # u000 has 14 visits: windows start at 0..9; window s holds visits s..s+3. Counted independently here.
+    # u000 has 14 visits: windows start at 0..9; window s holds visits s..s+3.
+    names = sorted(frame["venue_type"].unique())
     for start in range(10):
-        expected = np.zeros(len(windows.classes), int)
-        for category in user.category[:start]:
-            expected[windows.classes.index(category)] += 1
-        assert windows.history_counts[start].tolist() == expected.tolist()
-        names = sorted(frame["venue_type"].unique())
         assert [names[i] for i in windows.subcategory_index[start]] == user.subcategory[start:start + 4].tolist()
     # A missing subcategory is unknown (-1), not a category named "nan".
     frame.loc[1, "venue_type"] = None
     frame.to_csv(path, index=False)
     with_gap = load_checkins(DatasetConfig(source="checkins", path=str(path), subcategory_column="venue_type"), "toy")
     assert with_gap.subcategory_index[1] == -1 and (np.delete(with_gap.subcategory_index, 1) >= 0).all()
-    # The second user's first window starts their own history from zero.
-    assert windows.history_counts[10].sum() == 0 and windows.history_counts[11].sum() == 1
     # Without the column there is no subcategory; the data hash ignores the optional column.
     plain = table_from(frame.drop(columns="venue_type"), tmp_path)
     assert build_windows(plain, embedding_frame(pois), 4, 1).subcategory_index is None
     assert plain.data_hash == table.data_hash
 
 
-def test_personal_transitions_by_hand(tmp_path):
-    """What the user did after their own earlier visits to the last visit's category and POI, counted by hand."""
-    visits = {"a": [("p1", "Food"), ("p2", "Shop"), ("p1", "Food"), ("p3", "Travel"), ("p1", "Food"),
-                    ("p2", "Shop"), ("p4", "Food"), ("p1", "Food")],
-              "b": [("p1", "Food"), ("p2", "Shop"), ("p1", "Food"), ("p2", "Shop"), ("p1", "Food")]}
-    rows = [{"userid": user, "placeid": poi, "datetime": pd.Timestamp("2012-04-01") + pd.Timedelta(hours=i),
-             "latitude": 40.0, "longitude": -74.0, "category": category}
-            for user, sequence in visits.items() for i, (poi, category) in enumerate(sequence)]
-    table = table_from(pd.DataFrame(rows), tmp_path)
-    windows = build_windows(table, embedding_frame(["p1", "p2", "p3", "p4"]), length=3, stride=1)
+def test_windows_keep_the_checkin_rows_behind_them(tmp_path):
+    """The check-in sequence the features beyond the window are computed from, row by row."""
+    table = table_from(synthetic_checkins(n_users=2, visits_per_user=14), tmp_path)
+    pois = sorted(table.frame.poi_id.unique())
+    windows = build_windows(table, embedding_frame(pois), length=4, stride=9)
+    sequence = windows.sequence
+    # Users of 14 visits, stride 9: per user, windows [0, 4) -> 4 and [9, 13) -> 13; u001 starts at row 14.
+    assert sequence.user_starts.tolist() == [0, 14]
+    assert sequence.user_first_row.tolist() == [0, 0, 14, 14]
+    assert sequence.first_row.tolist() == [0, 9, 14, 23]
+    assert sequence.last_row.tolist() == [3, 12, 17, 26]
+    assert sequence.category.tolist() == table.category_index.tolist()
+    frame = table.frame.reset_index(drop=True)
+    assert [frame.poi_id[row] for row in sequence.last_row] == [pois[i] for i in windows.poi_index[:, 3]]
+    # POI codes: equal codes for equal POIs, in order of first appearance.
+    first_seen = list(dict.fromkeys(frame.poi_id))
+    assert sequence.poi.tolist() == [first_seen.index(p) for p in frame.poi_id]
+    # A subset keeps its windows' rows (and whatever was derived from them); the derived cache starts empty.
+    assert windows.derived == {}
+    windows.derived["anything"] = np.arange(4) * 10
+    part = windows.subset(np.array([3, 1]))
+    assert part.sequence.first_row.tolist() == [23, 9] and part.sequence.last_row.tolist() == [26, 12]
+    assert part.sequence.user_starts.tolist() == [0, 14] and part.derived["anything"].tolist() == [30, 10]
 
-    def counts(after_category: dict, after_poi: dict) -> list[int]:
-        row = np.zeros(2 * len(windows.classes), int)
-        for offset, counted in ((0, after_category), (len(windows.classes), after_poi)):
-            for name, count in counted.items():
-                row[offset + windows.classes.index(name)] = count
-        return row.tolist()
 
-    # User a: windows predict visits 3..7, so their last visits are rows 2..6 (listed above).
-    expected = [
-        counts({"Shop": 1}, {"Shop": 1}),  # row 2 (p1, Food): only 0 -> 1 started at Food / at p1
-        counts({}, {}),  # row 3 (p3, Travel): never at Travel or p3 before
-        counts({"Shop": 1, "Travel": 1}, {"Shop": 1, "Travel": 1}),  # row 4 (p1, Food): 0 -> 1 and 2 -> 3
-        counts({"Food": 1}, {"Food": 1}),  # row 5 (p2, Shop): 1 -> 2
-        counts({"Shop": 2, "Travel": 1}, {}),  # row 6 (p4, Food): 0 -> 1, 2 -> 3, 4 -> 5; p4 is new
-        # User b starts from nothing: a's transitions do not count. Windows predict visits 3 and 4.
-        counts({"Shop": 1}, {"Shop": 1}),  # row 2 (p1, Food)
-        counts({"Food": 1}, {"Food": 1}),  # row 3 (p2, Shop)
-    ]
-    assert windows.personal_transitions.tolist() == expected
-    assert windows.subset(np.array([4, 0])).personal_transitions.tolist() == [expected[4], expected[0]]
+def test_next_parquet_windows_have_no_checkin_sequence(tmp_path):
+    path = tmp_path / "next.parquet"
+    write_next_parquet(path)
+    windows = windows_from_next_parquet(load_next_parquet(path))
+    assert windows.sequence is None and not windows.has_visit_details
+    assert windows.subset(np.array([1, 0])).sequence is None

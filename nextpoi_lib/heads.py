@@ -4,6 +4,11 @@ Every head has one signature: `forward(x, mask, return_attention=False) -> logit
 mask [B, L] (True = observed visit); heads with attention pooling return `(logits, attention)` when asked,
 attention [B, L] summing to 1 over observed positions. `InputEncoder` turns a window batch into x according
 to the feature set of the parameter file. Adding a head is one class and one line in MODEL_REGISTRY.
+
+What a head can do is declared on its class, read by the training package and the config checks:
+`returns_attention` (it pools with attention weights it can return), `stackable` (`torch.vmap` can batch its
+forward and backward over stacked folds: tested equal to the per-fold path) and `attention_width_key` (the
+model key whose width `num_heads` must divide, for heads with multi-head attention).
 """
 
 from __future__ import annotations
@@ -14,9 +19,6 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-
-NUMERIC_FEATURE_SIZES = {"time": 5, "coordinates": 2}  # sin/cos hour, sin/cos weekday, log1p gap; lat, lon
-TARGET_TIME_SIZE = 4  # sin/cos hour and weekday of the predicted visit (a different task, named explicitly)
 
 
 def last_valid_step(sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -53,6 +55,9 @@ def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
 
 class TransformerHead(nn.Module):
     """Our users' head: projection, positional encoding, Transformer encoder, masked attention pooling."""
+    returns_attention = True
+    stackable = True
+    attention_width_key = "model_dim"
 
     def __init__(self, input_dim: int, num_classes: int, max_length: int, model_dim: int = 64, num_layers: int = 4,
                  num_heads: int = 8, feedforward_dim: int = 256, dropout: float = 0.1, causal: bool = False):
@@ -87,6 +92,9 @@ class TransformerHead(nn.Module):
 
 class RecurrentHead(nn.Module):
     """GRU or LSTM over the window; classifies the hidden state at the last observed visit."""
+    returns_attention = False
+    stackable = False  # RNN kernels have no vmap batching rule
+    attention_width_key: str | None = None
 
     cell = nn.GRU
 
@@ -120,6 +128,9 @@ class LSTMHead(RecurrentHead):
 
 class HybridHead(nn.Module):
     """GRU, then multi-head self-attention over its states, then masked attention pooling."""
+    returns_attention = True
+    stackable = False  # its GRU has no vmap batching rule
+    attention_width_key = "hidden_dim"
 
     def __init__(self, input_dim: int, num_classes: int, max_length: int, hidden_dim: int = 256, num_layers: int = 1,
                  num_heads: int = 4, dropout: float = 0.3):
@@ -151,18 +162,13 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "lstm": LSTMHead,
     "hybrid": HybridHead,
 }
-HEADS_WITH_ATTENTION = {"transformer", "hybrid"}
-
-
-def model_uses_attention_heads(name: str) -> bool:
-    return name in ("transformer", "hybrid")
 
 
 class InputEncoder(nn.Module):
     """Builds x [B, L, F] from a window batch according to the feature set.
 
     embedding: the frozen POI embedding of each visit; category: a learned embedding of the visit's
-    category; time and coordinates: precomputed numeric features (see `engine.numeric_features`).
+    category; time and coordinates: precomputed numeric features (see `features.sequence.numeric_features`).
     """
 
     def __init__(self, features: list[str], embedding_dim: int, num_classes: int, category_embedding_dim: int,
@@ -188,7 +194,7 @@ class InputEncoder(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """Input encoder + head; the unit the engine trains."""
+    """Input encoder + head; the unit the training loops train."""
 
     def __init__(self, encoder: InputEncoder, head: nn.Module):
         super().__init__()

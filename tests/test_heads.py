@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nextpoi_lib.config import ModelConfig
-from nextpoi_lib.models import HEADS_WITH_ATTENTION, MODEL_REGISTRY, build_model, last_valid_step
+from nextpoi_lib.heads import MODEL_REGISTRY, build_model, last_valid_step
 
 HEAD_CONFIGS = {
     "transformer": ModelConfig(name="transformer", model_dim=16, num_layers=2, num_heads=4, feedforward_dim=32),
@@ -40,10 +40,22 @@ def test_heads_ignore_padding_and_share_the_signature(name):
     changed = x.clone()
     changed[~mask] = torch.randn(int((~mask).sum()), 8) * 100  # garbage in the padding
     torch.testing.assert_close(head(changed, mask), logits, rtol=1e-5, atol=1e-5)
-    if name in HEADS_WITH_ATTENTION:
+    if MODEL_REGISTRY[name].returns_attention:
         _, attention = head(x, mask, return_attention=True)
         torch.testing.assert_close(attention.sum(dim=1), torch.ones(5))
         assert (attention[~mask] == 0).all()
+    else:
+        with pytest.raises(ValueError, match="no attention weights"):
+            head(x, mask, return_attention=True)
+
+
+def test_declared_capabilities():
+    # Attention pooling: the Transformer and the hybrid; torch.vmap batches the Transformer only (RNN kernels
+    # have no batching rule; tests/training/test_equivalence.py checks the stacked path equals the per-fold one).
+    assert {name for name, head in MODEL_REGISTRY.items() if head.returns_attention} == {"transformer", "hybrid"}
+    assert {name for name, head in MODEL_REGISTRY.items() if head.stackable} == {"transformer"}
+    assert {name: head.attention_width_key for name, head in MODEL_REGISTRY.items()} == {
+        "transformer": "model_dim", "gru": None, "lstm": None, "hybrid": "hidden_dim"}
 
 
 def test_causal_transformer_differs_from_bidirectional_with_same_weights():

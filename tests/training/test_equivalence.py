@@ -1,6 +1,6 @@
-"""The engine's fast paths compute the same function as the straightforward one.
+"""The training package's fast paths compute the same function as the straightforward one.
 
-* batches gathered from POI indices (WindowTensors) + the engine's forward == dense features built
+* batches gathered from POI indices (WindowTensors) + the training forward == dense features built
   independently with numpy + a plain forward, for every head and several feature sets (logits, gradients);
 * stacked folds (torch.vmap over stacked parameters) == one model per fold (logits, gradients, the AdamW
   update, whole training runs with dropout off);
@@ -8,6 +8,8 @@
 * a dataset that does not fit on the device falls back to host-resident batches;
 * no host synchronisation per training step;
 * benchmarks/engine_speed.py --size ci runs and its engine and plain metrics are close.
+
+Which mode a run uses is tested in test_plan.py.
 """
 
 from __future__ import annotations
@@ -25,88 +27,26 @@ import pandas as pd
 import pytest
 import torch
 
-from nextpoi_lib import engine
-from nextpoi_lib.config import FoldConfig, load_config
-from nextpoi_lib.engine import (FoldView, ParameterLayout, Progress, StackedAdamW, WindowTensors, cross_validate,
-                                execution_plan, make_stacked_forward, storage_device_for, train_fold,
-                                train_folds_stacked)
-from nextpoi_lib.folds import make_fold_manifest
+from nextpoi_lib.heads import MODEL_REGISTRY, build_model
 from nextpoi_lib.losses import build_loss
-from nextpoi_lib.models import MODEL_REGISTRY, build_model
+from nextpoi_lib.progress import Progress
+from nextpoi_lib.training import cross_validate, tensors
+from nextpoi_lib.training.loop import train_fold
+from nextpoi_lib.training.stacked import (FoldView, ParameterLayout, StackedAdamW, make_stacked_forward,
+                                          train_folds_stacked)
+from nextpoi_lib.training.tensors import WindowTensors, storage_device_for
 from nextpoi_lib.windows import WindowSet
+from window_fixtures import CLASSES, FEATURE_SETS, LENGTH, MODELS, make_config, manifest_for, random_windows
 
-ROOT = Path(__file__).resolve().parents[1]
-LENGTH, DIM, CLASSES = 6, 8, 4
-MODELS = {
-    "transformer": {"name": "transformer", "model_dim": 16, "num_layers": 2, "num_heads": 4, "feedforward_dim": 32},
-    "gru": {"name": "gru", "hidden_dim": 16, "num_layers": 2},
-    "lstm": {"name": "lstm", "hidden_dim": 16, "num_layers": 2},
-    "hybrid": {"name": "hybrid", "hidden_dim": 16, "num_layers": 1, "num_heads": 2},
-}
-FEATURE_SETS = [
-    (["embedding"], False),
-    (["embedding", "category", "time", "coordinates"], False),
-    (["category", "time"], False),
-    (["embedding", "coordinates"], True),  # + the predicted visit's time
-]
-
-
-def random_windows(n: int = 150, n_pois: int = 40, seed: int = 0, users: int = 30) -> WindowSet:
-    """Windows with padding, unknown categories, times and coordinates; the next class depends on the last
-    visit's category so that training makes progress."""
-    rng = np.random.default_rng(seed)
-    poi_category = rng.integers(0, CLASSES, n_pois)
-    lengths = np.where(rng.random(n) < 0.3, rng.integers(1, LENGTH, n), LENGTH)
-    mask = np.arange(LENGTH)[None, :] < lengths[:, None]
-    poi = np.where(mask, rng.integers(0, n_pois, (n, LENGTH)), 0)
-    category = np.where(mask, poi_category[poi], -1)
-    category[rng.random((n, LENGTH)) < 0.05] = -1  # a few observed visits of unknown category
-    last = poi_category[poi[np.arange(n), lengths - 1]]
-    target = np.where(rng.random(n) < 0.8, (last + 1) % CLASSES, rng.integers(0, CLASSES, n))
-
-    def per_visit(values):
-        return np.where(mask, values, 0).astype(values.dtype)
-
-    return WindowSet(
-        poi_index=poi.astype(np.int64), mask=mask, category_index=category.astype(np.int64),
-        hour=per_visit(rng.uniform(0, 24, (n, LENGTH)).astype(np.float32)),
-        weekday=per_visit(rng.integers(0, 7, (n, LENGTH))),
-        gap_hours=per_visit(rng.exponential(5.0, (n, LENGTH)).astype(np.float32)),
-        latitude=per_visit((40 + rng.random((n, LENGTH))).astype(np.float32)),
-        longitude=per_visit((-74 + rng.random((n, LENGTH))).astype(np.float32)),
-        target=target.astype(np.int64), target_hour=rng.uniform(0, 24, n).astype(np.float32),
-        target_weekday=rng.integers(0, 7, n), users=np.array([f"u{u:03d}" for u in rng.integers(0, users, n)]),
-        classes=[f"c{i}" for i in range(CLASSES)],
-        embedding_table=rng.normal(size=(n_pois, DIM)).astype(np.float32))
-
-
-def make_config(model: str = "transformer", features=("embedding",), target_time: bool = False,
-                dropout: float = 0.1, **sections):
-    layers = {
-        "windows": {"length": LENGTH, "features": list(features), "target_time_features": target_time},
-        "model": {**MODELS[model], "dropout": dropout},
-        "folds": {"n_splits": 3},
-        "loss": {"name": "cross_entropy", "class_weights": "balanced"},
-        "scheduler": {"name": "onecycle", "max_lr": 0.01},
-        "training": {"epochs": 3, "batch_size": 32, "seeds": [0], "progress": False, "device": "cpu"},
-    }
-    for key, value in sections.items():
-        layers[key] = {**layers.get(key, {}), **value}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_config(layers)
-
-
-def manifest_for(windows: WindowSet, n_splits: int = 3):
-    return make_fold_manifest(windows.users, windows.target, FoldConfig(n_splits=n_splits), "test")
-
+ROOT = Path(__file__).resolve().parents[2]
+TRAINING_PACKAGE = Path(tensors.__file__).resolve().parent
 
 # --------------------------------------------------------------------------------------------------
 # The straightforward path: dense features built with numpy, a plain forward
 
 
 def dense_inputs(windows: WindowSet, features, target_time: bool) -> tuple[np.ndarray, np.ndarray]:
-    """[N, L, D] embeddings and [N, L, K] numeric features, computed here independently of the engine."""
+    """[N, L, D] embeddings and [N, L, K] numeric features, computed here independently of the library."""
     embedded = windows.embedding_table[windows.poi_index] if "embedding" in features else None
     columns = []
     if "time" in features:
@@ -140,7 +80,7 @@ def plain_forward(model, embedded, category, numeric, mask):
     return model.head(torch.cat(parts, dim=-1), torch.from_numpy(mask))
 
 
-def engine_forward(model, batch):
+def model_forward(model, batch):
     return model(batch["embedded"], batch["category"], batch["numeric"], batch["mask"])
 
 
@@ -154,7 +94,7 @@ def assert_close(a, b, tolerance=2e-5):
 
 @pytest.mark.parametrize("features,target_time", FEATURE_SETS, ids=lambda v: "+".join(v) if isinstance(v, list) else str(v))
 @pytest.mark.parametrize("head", sorted(MODEL_REGISTRY))
-def test_gathered_batches_and_engine_forward_equal_dense_features_and_plain_forward(head, features, target_time):
+def test_gathered_batches_and_model_forward_equal_dense_features_and_plain_forward(head, features, target_time):
     assert set(MODELS) == set(MODEL_REGISTRY), "add the new head to MODELS"
     windows = random_windows()
     config = make_config(head, features, target_time)
@@ -176,7 +116,7 @@ def test_gathered_batches_and_engine_forward_equal_dense_features_and_plain_forw
         model.zero_grad(set_to_none=True)
         reference.zero_grad(set_to_none=True)
         torch.manual_seed(7)  # the same dropout masks in both (the encoder draws no random numbers)
-        logits = engine_forward(model, batch)
+        logits = model_forward(model, batch)
         torch.manual_seed(7)
         expected = plain_forward(reference, *dense)
         assert_close(logits, expected)
@@ -220,13 +160,13 @@ def test_stacked_forward_and_gradients_equal_one_model_per_fold(features, target
     template.train()
     logits = forward(flat, batch["embedded"], batch["category"], batch["numeric"], batch["mask"])
     torch.stack([criterion(logits[k], batch["target"][k]) for k in range(len(models))]).sum().backward()
-    for columns in layout.no_grad_slices:  # as the engine does (vmap's embedding backward ignores padding_idx)
+    for columns in layout.no_grad_slices:  # as train_folds_stacked does (vmap's embedding backward ignores padding_idx)
         flat.grad[:, columns] = 0.0
     assert bool(layout.no_grad_slices) == ("category" in features)
     for k, model in enumerate(models):
         model.train()
         one = {name: t[k] for name, t in batch.items()}
-        expected = engine_forward(model, one)
+        expected = model_forward(model, one)
         assert_close(logits[k], expected)
         criterion(expected, one["target"]).backward()
         assert_close(flat.grad[k], torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
@@ -235,7 +175,7 @@ def test_stacked_forward_and_gradients_equal_one_model_per_fold(features, target
         view = FoldView(template, layout, flat[k].detach()).eval()
         with torch.no_grad():
             assert_close(view(*(one[n] for n in ("embedded", "category", "numeric", "mask"))),
-                         engine_forward(model, one))
+                         model_forward(model, one))
 
 
 def test_stacked_adamw_equals_torch_adamw_per_row():
@@ -321,32 +261,6 @@ def test_stacked_training_equals_per_fold_training_on_cuda():
     assert all(np.isfinite(pd.DataFrame(f.curves).train_loss).all() for f in result.fold_results)
 
 
-def test_execution_plan_defaults_and_fallbacks():
-    windows = random_windows()
-    manifest = manifest_for(windows)
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    plan = execution_plan(make_config("transformer"), cuda, manifest)
-    assert plan.stack_folds and plan.fold_workers == 1  # stacked by default on CUDA
-    assert not execution_plan(make_config("transformer"), cpu, manifest).stack_folds  # off by default on CPU
-    for head in ("gru", "lstm", "hybrid"):  # no vmap batching rule for RNN kernels: one fold after another
-        config = make_config(head)
-        config.training.stack_folds = True
-        plan = execution_plan(config, cuda, manifest)
-        assert not plan.stack_folds and "ignored" in plan.notes[0]
-    config = make_config("transformer")
-    config.training.stack_folds = True
-    assert execution_plan(config, cpu, manifest).stack_folds
-    config.training.stack_folds = "yes"
-    with pytest.raises(ValueError, match="stack_folds"):
-        execution_plan(config, cpu, manifest)
-    # fold workers: only for big enough CPU runs (tiny ones start no processes), never on CUDA
-    assert execution_plan(make_config("gru"), cpu, manifest).fold_workers == 1
-    config = make_config("gru")
-    config.training.fold_workers = 2
-    assert execution_plan(config, cpu, manifest).fold_workers == 2
-    assert execution_plan(config, cuda, manifest).fold_workers == 1
-
-
 # --------------------------------------------------------------------------------------------------
 # Determinism and fold workers
 
@@ -415,7 +329,7 @@ def test_windows_that_do_not_fit_fall_back_to_host_batches(monkeypatch):
     manifest = manifest_for(windows)
     reference = cross_validate(config, windows, manifest)
     resident = WindowTensors(windows, config, torch.device("cpu"))
-    monkeypatch.setattr(engine, "device_free_memory", lambda device: 1024)  # a device with 1 KiB free
+    monkeypatch.setattr(tensors, "device_free_memory", lambda device: 1024)  # a device with 1 KiB free
     messages = []
     data = WindowTensors(windows, config, torch.device("cpu"), log=messages.append)
     assert data.host_resident and not resident.host_resident
@@ -433,7 +347,7 @@ def test_windows_that_do_not_fit_fall_back_to_host_batches(monkeypatch):
 def test_host_fallback_on_cuda(monkeypatch):
     windows = random_windows()
     config = make_config("transformer", training={"epochs": 1, "device": "cuda"})
-    monkeypatch.setattr(engine, "device_free_memory", lambda device: 1024)
+    monkeypatch.setattr(tensors, "device_free_memory", lambda device: 1024)
     data = WindowTensors(windows, config, torch.device("cuda"), log=lambda message: None)
     assert data.storage_device.type == "cpu" and data.tensors["poi_index"].is_pinned()
     batch = data.batch(torch.arange(10, device="cuda"))
@@ -448,14 +362,14 @@ def test_host_fallback_on_cuda(monkeypatch):
 SYNCING = ("cpu", "item", "tolist", "numpy", "__bool__", "__float__", "__int__")
 
 
-def count_engine_syncs(monkeypatch, run) -> int:
-    """Calls of tensor -> host conversions made by engine.py itself while `run()` executes."""
+def count_training_syncs(monkeypatch, run) -> int:
+    """Calls of tensor -> host conversions made by the training package's own modules while `run()` executes."""
     calls = []
     for name in SYNCING:
         original = getattr(torch.Tensor, name)
 
         def wrapper(self, *args, _original=original, **kwargs):
-            if sys._getframe(1).f_code.co_filename == engine.__file__:
+            if Path(sys._getframe(1).f_code.co_filename).resolve().parent == TRAINING_PACKAGE:
                 calls.append(1)
             return _original(self, *args, **kwargs)
 
@@ -478,7 +392,7 @@ def test_host_synchronisations_do_not_grow_with_steps(monkeypatch, stacked):
             run = lambda: train_folds_stacked(config, data, windows, manifest.folds, 0, quiet, ["a", "b", "c"])
         else:
             run = lambda: train_fold(config, data, windows, manifest.folds[0], 0, quiet, "a")
-        counts.append(count_engine_syncs(monkeypatch, run))
+        counts.append(count_training_syncs(monkeypatch, run))
     assert counts[0] == counts[1] and counts[0] > 0
 
 

@@ -1,4 +1,4 @@
-"""The static HTML report: self-contained (plotly.js inline, nothing fetched) and, in a real headless
+"""nextpoi_lib.analysis.report. The static HTML report: self-contained (plotly.js inline, nothing fetched) and, in a real headless
 Chromium, rendered without errors with working plotly buttons."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs
 
-from nextpoi_lib import figures
+from nextpoi_lib.analysis import report as analysis_report
 from runfixtures import make_fake_run
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 TEST_OUTPUT = REPO / "test-output"
 CHROMIUM = os.environ.get("NEXTPOI_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,8 +34,8 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(runs, tmp_path_factory):
-    return figures.write_report(runs, tmp_path_factory.mktemp("html") / "report.html",
-                                title="Toy comparison", profile_note=PROFILE_NOTE)
+    return analysis_report.write_report(runs, tmp_path_factory.mktemp("html") / "report.html",
+                                        title="Toy comparison", profile_note=PROFILE_NOTE)
 
 
 # Figures in the report of `runs`: leaderboard, per-class, confusion, one curves figure per run, attention.
@@ -71,7 +71,7 @@ def test_report_is_written_atomically_and_replaced(runs, tmp_path):
     target = tmp_path / "out" / "report.html"
     target.parent.mkdir()
     target.write_text("old")
-    path = figures.write_report(runs[:2], target)
+    path = analysis_report.write_report(runs[:2], target)
     assert path == target
     assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"], "temporary file left behind"
@@ -81,8 +81,37 @@ def test_report_refuses_runs_that_cannot_be_compared(runs, tmp_path):
     other = make_fake_run(tmp_path / "outputs", dataset="elsewhere", run_name="x")
     target = tmp_path / "report.html"
     with pytest.raises(ValueError, match="different datasets"):
-        figures.write_report([runs[0], other], target)
+        analysis_report.write_report([runs[0], other], target)
     assert not target.exists()
+
+
+def test_report_reads_old_hybrid_runs_as_blended(runs, tmp_path):
+    # Same dataset, classes and folds as `runs` (the fake data depends on nothing else): comparable.
+    old = make_fake_run(tmp_path / "outputs", run_name="old_blend", seeds=(0, 1), rng_seed=3, kind="hybrid")
+    text = analysis_report.write_report([runs[0], old], tmp_path / "report.html").read_text(encoding="utf-8")
+    for table in ("leaderboard", "runs"):
+        rows = re.search(rf'<table class="{table}">.*?</table>', text, re.S).group(0)
+        assert "<td>blended</td>" in rows and "<td>hybrid</td>" not in rows
+
+
+def test_leaderboard_html_formats_the_table(runs):
+    from nextpoi_lib.analysis import tables
+
+    table = tables.leaderboard(runs)
+    html = analysis_report.leaderboard_html(table)
+    assert html.count("<tr") == 1 + len(runs) and html.count('<tr class="reference">') == 1
+    best = table.iloc[0]
+    assert f"<td>{best.macro_f1_mean:.4f} ± {best.macro_f1_std:.4f}</td>" in html
+
+
+def test_profile_note_names_the_profiles_and_their_description(runs, tmp_path):
+    note = analysis_report.profile_note(runs[:2])
+    assert note == "Runs baseline, better: profile 'test-cpu'."
+    cpu = make_fake_run(tmp_path / "outputs", run_name="quick", profile="cpu")
+    note = analysis_report.profile_note([runs[0], cpu])
+    assert "Runs baseline: profile 'test-cpu'." in note
+    assert "Runs quick: profile 'cpu' (" in note and "Quick CPU pass of the real experiments" in note
+    assert note.endswith("These runs come from different profiles: compare them with care.")
 
 
 # ------------------------------------------------------------------------------------------------ browser

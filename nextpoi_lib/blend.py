@@ -1,0 +1,64 @@
+"""Blending and calibration of fitted models' fold predictions, as plain functions.
+
+The trees blended with a neural head (run kind "blended"): per (seed, fold) the head's log-probabilities are
+averaged with the trees' with a weight w in BLEND_WEIGHTS chosen on the inner validation users; post-hoc
+per-class offsets (`training.bias_calibration`) are then fitted on the same users. The test fold is only ever
+predicted with what those users chose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .metrics import fit_bias_offsets, macro_f1
+
+# Blend weights of the neural head's log-probabilities tried on the inner validation users.
+BLEND_WEIGHTS = np.linspace(0.0, 1.0, 11)
+
+
+@dataclass
+class FittedFold:
+    """What a fitted model says about one fold: test predictions, and log-probabilities where it has them."""
+    test_predicted: np.ndarray
+    inner_val_log_probability: np.ndarray | None = None
+    test_log_probability: np.ndarray | None = None
+    # The fitted boosted trees (GradientBoostedTrees.model), kept to serve the fold's other seeds; not the
+    # forest, which differs per seed and is large. With trees.refit_with_inner_val, also those refitted on
+    # training + inner validation windows.
+    boosted_trees: Any = None
+    refit_boosted_trees: Any = None
+
+
+def choose_blend_weight(trees: np.ndarray, neural: np.ndarray, target: np.ndarray) -> float:
+    """The weight w in BLEND_WEIGHTS for which (1 - w) * trees + w * neural log-probabilities give the highest
+    macro-F1 on (inner validation) targets; ties go to the smaller weight (the trees alone at w = 0)."""
+    num_classes = trees.shape[1]
+    scores = [macro_f1(target, np.argmax((1.0 - weight) * trees + weight * neural, axis=1), num_classes)
+              for weight in BLEND_WEIGHTS]
+    return float(BLEND_WEIGHTS[int(np.argmax(scores))])
+
+
+def fold_predictions(fitted: FittedFold, inner_val_target: np.ndarray, calibrate: bool,
+                     neural_log_probabilities: dict[str, np.ndarray] | None = None):
+    """Selected (and calibrated) test predictions of a fitted fold, blended with a neural head when given.
+    Returns (predictions, bias offsets or None, blend weight or None)."""
+    predictions = {"selected": fitted.test_predicted, "last": fitted.test_predicted}
+    validation, test = fitted.inner_val_log_probability, fitted.test_log_probability
+    if validation is None:
+        return predictions, None, None
+    weight = None
+    if neural_log_probabilities is not None:
+        weight = choose_blend_weight(validation, neural_log_probabilities["inner_val"], inner_val_target)
+        validation = (1.0 - weight) * validation + weight * neural_log_probabilities["inner_val"]
+        test = (1.0 - weight) * test + weight * neural_log_probabilities["test"]
+        blended = np.argmax(test, axis=1)
+        predictions = {"selected": blended, "last": blended}
+    offsets = None
+    if calibrate:
+        # Same post-hoc offsets as for neural heads: fitted on the inner validation users only.
+        offsets = fit_bias_offsets(validation, inner_val_target)
+        predictions["calibrated"] = np.argmax(test + offsets, axis=1)
+    return predictions, offsets, weight

@@ -1,0 +1,10 @@
+"""Features: what the models see of a window, each computed only when a run asks for it.
+
+* `sequence`: the neural heads' numeric per-visit inputs (time, coordinates);
+* `tabular`: the trees' window features (categories by position, counts, hours, gaps, last place);
+* `history`: the user's category counts before the window;
+* `personal`: what the user did after their own earlier visits to the window's last category and POI;
+* `target_statistics`: next-category statistics keyed by the last POI or venue type, fitted on training users.
+
+Everything here reads only the observed visits of a window and check-ins before its target.
+"""

@@ -1,0 +1,84 @@
+"""Prepared data: the windows and the user-grouped folds of a config, computed once per run.
+
+Reads the check-ins (or a next.parquet file), attaches the POI embeddings the run asks for (DGI vectors of the
+spatial POI graph, cached, or a table of the user's own), cuts windows and assigns folds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import ExperimentConfig
+from .data import load_checkins, load_next_parquet, poi_table
+from .embeddings import cached_dgi_embeddings, load_embedding_table
+from .folds import FoldManifest, make_fold_manifest
+from .progress import Progress
+from .windows import WindowSet, build_windows, windows_from_next_parquet
+
+
+@dataclass
+class PreparedData:
+    windows: WindowSet
+    fold_manifest: FoldManifest
+    data_hash: str
+    dataset_name: str
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress, wanted: bool) -> pd.DataFrame:
+    """The POI embeddings the run asks for: a table file, DGI vectors (cached), or none when not `wanted`."""
+    e = config.embeddings
+    pois = poi_table(checkins)
+    if not wanted:
+        # The run does not read POI embeddings (not in its feature set, or a reference baseline): skip them.
+        return pd.DataFrame(index=pd.Index(pois["poi_id"], name="poi_id"))
+    if e.source == "table":
+        return load_embedding_table(e.path, id_column=e.id_column, dim=e.dim)
+    device = "cuda" if config.training.device != "cpu" and torch.cuda.is_available() else "cpu"
+    cache_dir = Path(config.output.root) / ".cache" / "embeddings"
+    progress(f"POI embeddings: Deep Graph Infomax on a {e.graph} graph of {len(pois)} POIs (cached in {cache_dir})")
+    return cached_dgi_embeddings(pois, checkins.classes, cache_dir=cache_dir, dim=e.dim, graph=e.graph,
+                                 knn_k=e.knn_k, epochs=e.epochs, learning_rate=e.learning_rate, seed=e.seed,
+                                 device=device, progress=config.training.progress)
+
+
+def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
+                 with_embeddings: bool | None = None) -> PreparedData:
+    """Windows and folds for a config. Folds depend only on the check-ins and the fold settings.
+    `with_embeddings`: whether the run reads POI embeddings (None: when the feature set names them)."""
+    if with_embeddings is None:
+        with_embeddings = "embedding" in config.windows.features
+    progress = progress or Progress(config.training.progress)
+    dataset_name = config.dataset_name()
+    if config.dataset.source == "next_parquet":
+        next_file = load_next_parquet(config.dataset.path, config.windows.length)
+        windows = windows_from_next_parquet(next_file, config.dataset.classes, config.dataset.legacy_padding)
+        data_hash = file_hash(Path(config.dataset.path))
+        manifest = make_fold_manifest(windows.users, windows.target, config.folds, data_hash)
+    else:
+        checkins = load_checkins(config.dataset, dataset_name)
+        embeddings = embedding_table_for(config, checkins, progress, with_embeddings)
+        windows = build_windows(checkins, embeddings, config.windows.length, config.windows.stride,
+                                config.embeddings.missing)
+        data_hash = checkins.data_hash
+        manifest = make_fold_manifest(windows.users, windows.target, config.folds, data_hash,
+                                      assignment_users=checkins.frame["user_id"].to_numpy(),
+                                      assignment_labels=checkins.category_index)
+    report = windows.report
+    progress(f"Data {dataset_name}: {report['n_windows']} windows of {windows.length} visits from "
+             f"{report['n_users']} users, {len(windows.classes)} classes"
+             + (f"; {report['missing_embedding_visits']} visits without embedding ({report['missing_embedding_policy']})"
+                if report.get("missing_embedding_visits") else ""))
+    return PreparedData(windows=windows, fold_manifest=manifest, data_hash=data_hash, dataset_name=dataset_name)

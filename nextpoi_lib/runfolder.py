@@ -1,0 +1,361 @@
+"""The run folder: its format written and read in one place (docs/run-folder.md).
+
+A run folder `<output root>/<dataset>/<run name>/` holds the config, the fold manifest, per-fold metrics,
+per-class precision/recall/F1, confusion counts, curves, attention weights and a manifest whose `status` is
+"complete" only once every file is in place: `write_run` writes into a hidden temporary folder and renames it
+into place, so a crashed run never looks complete. `load_run` / `discover_runs` / `select_runs` read folders
+back for the analysis; the column lists below are the contract both sides use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from .config import ExperimentConfig
+from .metrics import fold_report
+from .results import CrossValidationResult
+
+COMPLETE = "complete"
+SELECTIONS = ("selected", "last", "calibrated")
+CURVE_COLUMNS = ["seed", "fold", "epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "learning_rate"]
+FOLD_COLUMNS = ["seed", "fold", "selection", "epoch", "accuracy", "macro_f1", "macro_f1_min50", "n_test"]
+CLASS_COLUMNS = ["seed", "fold", "selection", "class", "precision", "recall", "f1", "support"]
+CONFUSION_COLUMNS = ["seed", "fold", "selection", "true_class", "predicted_class", "count"]
+ATTENTION_COLUMNS = ["seed", "fold", "position", "weight"]
+# Run kinds of older folders, read under today's names ("hybrid" was the trees blended with a neural head).
+LEGACY_KINDS = {"hybrid": "blended"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+class RunExistsError(FileExistsError):
+    """A complete run with this name exists and overwriting was not asked for."""
+
+
+def run_directory(config: ExperimentConfig) -> Path:
+    return Path(config.output.root) / config.dataset_name() / config.name
+
+
+def is_complete(path: Path) -> bool:
+    manifest = Path(path) / "manifest.json"
+    try:
+        return json.loads(manifest.read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+def check_run_target(config: ExperimentConfig) -> Path:
+    """Fail before any work if the run would overwrite a complete run without being asked to."""
+    target = run_directory(config)
+    if target.exists() and not config.output.overwrite:
+        state = "A complete run" if is_complete(target) else "A folder that is not a complete run"
+        raise RunExistsError(f"{state} already exists at {str(target)!r}. Give this experiment another name "
+                             f"(name: ... in the parameter file), delete that folder, or pass --overwrite "
+                             f"(output.overwrite: true) to replace it.")
+    return target
+
+
+def result_tables(result: CrossValidationResult, classes: list[str]) -> dict[str, pd.DataFrame]:
+    fold_rows, class_rows, confusion_rows, curve_rows, attention_rows = [], [], [], [], []
+    for fold in result.fold_results:
+        curve_rows.extend(fold.curves)
+        for selection, predicted in fold.predictions.items():
+            report = fold_report(fold.test_target, predicted, classes)
+            epoch = fold.selected_epoch if selection != "last" else fold.last_epoch
+            fold_rows.append({"seed": fold.seed, "fold": fold.fold, "selection": selection, "epoch": epoch,
+                              "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+                              "macro_f1_min50": report["macro_f1_min50"], "n_test": report["n_test"]})
+            per_class = report["per_class"].assign(seed=fold.seed, fold=fold.fold, selection=selection)
+            class_rows.append(per_class)
+            for true_index, row in enumerate(report["confusion"]):
+                for predicted_index, count in enumerate(row):
+                    confusion_rows.append((fold.seed, fold.fold, selection, classes[true_index],
+                                           classes[predicted_index], int(count)))
+        if fold.attention is not None:
+            attention_rows.extend({"seed": fold.seed, "fold": fold.fold, "position": position, "weight": float(w)}
+                                  for position, w in enumerate(fold.attention))
+    return {
+        "fold_metrics": pd.DataFrame(fold_rows),
+        "per_class": pd.concat(class_rows, ignore_index=True)[CLASS_COLUMNS],
+        "confusion": pd.DataFrame(confusion_rows, columns=CONFUSION_COLUMNS),
+        "curves": pd.DataFrame(curve_rows, columns=CURVE_COLUMNS),
+        "attention": pd.DataFrame(attention_rows, columns=ATTENTION_COLUMNS),
+    }
+
+
+def summarise(fold_metrics: pd.DataFrame, per_class: pd.DataFrame) -> dict:
+    """Mean and std (ddof=1) over all fold x seed pairs, per selection."""
+    summary: dict = {}
+    for selection, group in fold_metrics.groupby("selection", sort=False):
+        summary[selection] = {
+            metric: {"mean": float(group[metric].mean()), "std": float(group[metric].std(ddof=1))
+                     if len(group) > 1 else 0.0, "n": int(group[metric].notna().sum())}
+            for metric in ("macro_f1", "accuracy", "macro_f1_min50")}
+    selected = per_class[per_class["selection"] == "selected"]
+    summary["per_class"] = {name: {metric: float(group[metric].mean()) for metric in ("precision", "recall", "f1")}
+                            for name, group in selected.groupby("class", sort=False)}
+    return summary
+
+
+def write_run(target: Path, result: CrossValidationResult, classes: list[str], config_yaml: str,
+              fold_manifest: dict, manifest: dict) -> Path:
+    """Write every file of a complete run into a temporary folder, then rename it into place at `target`.
+    `manifest` is the run's description (docs/run-folder.md); `status: complete` is added here."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f".{target.name}.partial-{os.getpid()}-{int(time.time() * 1000)}"
+    temporary.mkdir()
+    try:
+        tables = result_tables(result, classes)
+        for name, table in tables.items():
+            if name == "attention" and table.empty:
+                continue
+            table.to_csv(temporary / f"{name}.csv", index=False)
+        (temporary / "summary.json").write_text(json.dumps(summarise(tables["fold_metrics"], tables["per_class"]),
+                                                           indent=2))
+        (temporary / "config.yaml").write_text(config_yaml)
+        (temporary / "fold_manifest.json").write_text(json.dumps(fold_manifest))
+        manifest = {"status": COMPLETE, **manifest}
+        (temporary / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        replaced = None
+        if target.exists():
+            # Only reached with output.overwrite (checked before any work): swap, then delete the old run.
+            replaced = target.parent / f".{target.name}.replaced-{int(time.time() * 1000)}"
+            target.rename(replaced)
+        temporary.rename(target)
+        if replaced is not None:
+            shutil.rmtree(replaced)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return target
+
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class Run:
+    """One run folder, parsed. Missing files load as empty tables (or None), so an incomplete folder can
+    still be loaded and reported as incomplete by `check_comparable`."""
+
+    path: Path
+    manifest: dict
+    config: dict | None
+    fold_manifest: dict | None
+    summary: dict | None
+    curves: pd.DataFrame
+    fold_metrics: pd.DataFrame
+    per_class: pd.DataFrame
+    confusion: pd.DataFrame
+    attention: pd.DataFrame | None = None
+    label: str = field(default="")
+
+    def __post_init__(self):
+        if not self.label:
+            self.label = self.name
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("run_name") or self.path.name)
+
+    @property
+    def dataset(self) -> str:
+        return str(self.manifest.get("dataset") or self.path.parent.name)
+
+    @property
+    def status(self) -> str:
+        return str(self.manifest.get("status", "missing manifest"))
+
+    @property
+    def kind(self) -> str:
+        """"neural", "baseline" (reference baselines and trees) or "blended" (trees + a neural head)."""
+        kind = str(self.manifest.get("kind") or "")
+        return LEGACY_KINDS.get(kind, kind)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == COMPLETE
+
+    @property
+    def classes(self) -> list[str]:
+        classes = self.manifest.get("classes")
+        if classes:
+            return [str(c) for c in classes]
+        # Fall back on the order of appearance in per_class.csv.
+        return list(dict.fromkeys(self.per_class["class"].astype(str)))
+
+    @property
+    def fold_manifest_hash(self) -> str | None:
+        value = self.manifest.get("fold_manifest_hash")
+        if value is None and self.fold_manifest:
+            value = self.fold_manifest.get("hash")
+        return value
+
+    @property
+    def has_attention(self) -> bool:
+        return self.attention is not None and not self.attention.empty
+
+    def selections(self) -> list[str]:
+        return list(dict.fromkeys(self.fold_metrics["selection"].astype(str)))
+
+    def folds(self) -> list[int]:
+        return sorted(int(f) for f in self.fold_metrics["fold"].dropna().unique())
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _read_yaml(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _read_csv(path: Path, columns: list[str], text_columns: Sequence[str] = ()) -> pd.DataFrame | None:
+    """Read a contract CSV: text columns stay strings (a class called "NA" stays "NA"), the rest numeric."""
+    if not path.exists():
+        return None
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        df = pd.DataFrame(columns=columns)
+    for column in df.columns:
+        if column not in text_columns:
+            df[column] = pd.to_numeric(df[column], errors="coerce")
+    for column in ("seed", "fold", "epoch", "position", "count", "support", "n_test"):
+        if column in df.columns and df[column].notna().all() and len(df):
+            df[column] = df[column].astype(int)
+    return df
+
+
+def load_run(path) -> Run:
+    """Parse one run folder. Accepts a path (str or Path) or returns a `Run` unchanged."""
+    if isinstance(path, Run):
+        return path
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder {path} does not exist")
+    manifest = _read_json(path / "manifest.json") or {"status": "missing manifest"}
+
+    def table(name, columns, text=()):
+        df = _read_csv(path / name, columns, text)
+        return pd.DataFrame(columns=columns) if df is None else df
+
+    attention = _read_csv(path / "attention.csv", ATTENTION_COLUMNS)
+    return Run(
+        path=path,
+        manifest=manifest,
+        config=_read_yaml(path / "config.yaml"),
+        fold_manifest=_read_json(path / "fold_manifest.json"),
+        summary=_read_json(path / "summary.json"),
+        curves=table("curves.csv", CURVE_COLUMNS),
+        fold_metrics=table("fold_metrics.csv", FOLD_COLUMNS, ("selection",)),
+        per_class=table("per_class.csv", CLASS_COLUMNS, ("selection", "class")),
+        confusion=table("confusion.csv", CONFUSION_COLUMNS, ("selection", "true_class", "predicted_class")),
+        attention=attention,
+    )
+
+
+def _manifest_status(run_dir: Path) -> str | None:
+    try:
+        return str((_read_json(run_dir / "manifest.json") or {}).get("status"))
+    except (OSError, ValueError):
+        return None
+
+
+def discover_runs(outputs_root) -> list[Path]:
+    """Complete run folders under `outputs_root` (`<root>/<dataset>/<run-name>/`), sorted by dataset and
+    name. Folders under a temporary (hidden) name and runs whose manifest status is not "complete" are
+    left out. `outputs_root` may also be one dataset folder."""
+    root = Path(outputs_root)
+    if not root.is_dir():
+        return []
+    candidates = {p.parent for p in root.glob("*/*/manifest.json")} | {p.parent for p in root.glob("*/manifest.json")}
+    runs = [
+        d for d in candidates
+        if not any(part.startswith(".") for part in d.relative_to(root).parts) and _manifest_status(d) == COMPLETE
+    ]
+    return sorted(runs, key=lambda d: (d.parent.name, d.name))
+
+
+def select_runs(outputs_root, run_names: Iterable[str] = (), dataset: str | None = None) -> list[Path]:
+    """The complete runs to analyse together, limited to one dataset.
+
+    `run_names` empty means every complete run of the dataset. Names may be `run` or `dataset/run`.
+    `dataset` None (or "") means: the only dataset present, or — when several are — the dataset of the
+    most recently finished run. Raises ValueError when nothing matches.
+    """
+    paths = discover_runs(outputs_root)
+    if not paths:
+        raise ValueError(f"no complete runs under {Path(outputs_root).resolve()}")
+    runs = {p: load_run(p) for p in paths}
+    run_names = [str(n) for n in (run_names or [])]
+    if run_names:
+        chosen = []
+        for name in run_names:
+            matches = [
+                p for p, r in runs.items()
+                if name in (r.name, f"{r.dataset}/{r.name}", p.name) and (not dataset or r.dataset == dataset)
+            ]
+            if not matches:
+                known = ", ".join(f"{r.dataset}/{r.name}" for r in runs.values())
+                raise ValueError(f"no complete run named {name!r} under {outputs_root} (found: {known})")
+            if len(matches) > 1:
+                where = ", ".join(runs[p].dataset for p in matches)
+                raise ValueError(f"run name {name!r} exists in several datasets ({where}); write it as dataset/run")
+            chosen.append(matches[0])
+        datasets = {runs[p].dataset for p in chosen}
+        if len(datasets) > 1:
+            raise ValueError(f"the runs named come from different datasets: {sorted(datasets)}")
+        return chosen
+    datasets = sorted({r.dataset for r in runs.values()})
+    if dataset:
+        if dataset not in datasets:
+            raise ValueError(f"no complete runs for dataset {dataset!r} under {outputs_root} (datasets: {datasets})")
+    elif len(datasets) == 1:
+        dataset = datasets[0]
+    else:
+        latest = max(runs.values(), key=lambda r: str(r.manifest.get("finished_at") or ""))
+        dataset = latest.dataset
+    return [p for p, r in runs.items() if r.dataset == dataset]
+
+
+def load_runs(runs) -> list[Run]:
+    """Load run folders (paths or `Run`s; one or a list) and give each a label unique among them: the run
+    name, or `dataset/name` when names repeat. `Run` objects given are copied, never relabelled in place."""
+    if isinstance(runs, (str, os.PathLike, Run)):
+        runs = [runs]
+    loaded = [dataclasses.replace(r) if isinstance(r, Run) else load_run(r) for r in runs]
+    seen: dict[str, int] = {}
+    names = [r.name for r in loaded]
+    for run in loaded:
+        label = run.name if names.count(run.name) == 1 else f"{run.dataset}/{run.name}"
+        if label in seen:
+            seen[label] += 1
+            label = f"{label} ({seen[label]})"
+        else:
+            seen[label] = 1
+        run.label = label
+    return loaded
+
+

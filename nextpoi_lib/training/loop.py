@@ -1,0 +1,214 @@
+"""The reference recipe: train one (seed, fold), select on the inner validation users, report the test fold.
+
+Recipe per fold: set up model/loss/optimiser/scheduler -> loop over epochs (shuffled index batches gathered
+from device-resident tensors) -> evaluate the inner validation users (confusion counted on the device, one
+host sync per epoch) -> keep the weights of the best epoch -> at the end evaluate the test fold once with the
+selected weights and once with the last ones.
+
+The building blocks here (optimiser, schedule, batch order, evaluation, the test predictions) are shared by
+the stacked path (`training.stacked`), so that every execution mode trains each fold with the same function.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ExperimentConfig
+from ..folds import Fold
+from ..heads import MODEL_REGISTRY, build_model
+from ..losses import build_loss
+from ..metrics import confusion_counts, fit_bias_offsets, macro_f1_from_confusion
+from ..progress import Progress
+from ..results import FoldResult
+from ..windows import WindowSet
+from .tensors import WindowTensors
+from .tracker import EpochTracker
+
+
+def make_scheduler(config: ExperimentConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    s, epochs = config.scheduler, config.training.epochs
+    if s.name == "onecycle":
+        # OneCycle overrides the optimiser's lr: it starts at max_lr/div_factor (see config validation).
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=s.max_lr, epochs=epochs,
+                                                   steps_per_epoch=steps_per_epoch, pct_start=s.pct_start,
+                                                   div_factor=s.div_factor, final_div_factor=s.final_div_factor)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def make_optimizer(config: ExperimentConfig, parameters, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; on CUDA the fused kernel (one launch for all parameters), elsewhere PyTorch's default."""
+    return torch.optim.AdamW(parameters, lr=config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay,
+                             fused=True if device.type == "cuda" else None)
+
+
+def evaluate(model, data: WindowTensors, index: torch.Tensor, criterion, num_classes: int, batch_size: int,
+             autocast: bool, return_attention: bool = False, keep_log_probabilities: bool = True):
+    """Logits-derived statistics over `index` without gradients: loss sum, confusion, log-probabilities.
+
+    With keep_log_probabilities=False the third value is None (the per-epoch validation needs only the
+    loss and the confusion)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=data.device)
+    confusion = torch.zeros((num_classes, num_classes), dtype=torch.long, device=data.device)
+    log_probabilities, attention_sum = [], None
+    with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=autocast):
+        for start in range(0, len(index), batch_size):
+            batch = data.batch(index[start:start + batch_size])
+            output = model(batch["embedded"], batch["category"], batch["numeric"], batch["mask"],
+                           return_attention=return_attention)
+            logits, weights = output if return_attention else (output, None)
+            logits = logits.float()
+            loss_sum += criterion(logits, batch["target"]) * len(batch["target"])
+            confusion += confusion_counts(batch["target"], logits.argmax(dim=1), num_classes)
+            if keep_log_probabilities:
+                log_probabilities.append(F.log_softmax(logits, dim=1))
+            if weights is not None:
+                batch_sum = weights.float().sum(dim=0)
+                attention_sum = batch_sum if attention_sum is None else attention_sum + batch_sum
+    return (loss_sum, confusion, torch.cat(log_probabilities) if keep_log_probabilities else None, attention_sum)
+
+
+def use_autocast(config: ExperimentConfig, device: torch.device) -> bool:
+    return bool(config.training.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
+def epoch_order(train_index: torch.Tensor, sampling_weights: torch.Tensor | None, generator: torch.Generator,
+                storage_device: torch.device) -> torch.Tensor:
+    """This epoch's sequence of training windows (a permutation, or class-balanced draws with replacement)."""
+    if sampling_weights is not None:
+        return train_index[torch.multinomial(sampling_weights, len(train_index), replacement=True,
+                                             generator=generator)]
+    return train_index[torch.randperm(len(train_index), generator=generator, device=storage_device)]
+
+
+def balanced_sampling_weights(train_targets: np.ndarray, num_classes: int,
+                              storage_device: torch.device) -> torch.Tensor:
+    # Class-balanced sampling with replacement: each class is drawn equally often in expectation.
+    counts = np.bincount(train_targets, minlength=num_classes)
+    return torch.from_numpy(1.0 / counts[train_targets]).to(storage_device)
+
+
+def epoch_curve(seed: int, fold: int, epoch: int, stats: np.ndarray, n_train: int, n_val: int, num_classes: int,
+                learning_rate: float) -> dict:
+    """stats = [train loss sum, val loss sum, confusion (C*C)] of one epoch, fetched from the device."""
+    confusion = stats[2:].reshape(num_classes, num_classes)
+    return {"seed": seed, "fold": fold, "epoch": epoch, "train_loss": stats[0] / n_train,
+            "val_loss": stats[1] / n_val, "val_accuracy": float(np.trace(confusion) / confusion.sum()),
+            "val_macro_f1": macro_f1_from_confusion(confusion), "learning_rate": learning_rate}
+
+
+def predict_test_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, fold: Fold, criterion,
+                      autocast: bool, last_model, load_selected):
+    """Predictions on the test fold with the last weights, then with the selected ones (+ attention, offsets,
+    and the selected weights' log-probabilities on the inner validation users and the test fold)."""
+    num_classes, batch_size = len(windows.classes), config.training.batch_size * 4
+    test_index = torch.from_numpy(fold.test_index).to(data.storage_device)
+    with_attention = MODEL_REGISTRY[config.model.name].returns_attention
+    predictions = {}
+    _, _, last_log_probabilities, _ = evaluate(last_model, data, test_index, criterion, num_classes, batch_size,
+                                               autocast)
+    predictions["last"] = last_log_probabilities.argmax(dim=1).cpu().numpy()
+    model = load_selected()
+    _, _, test_log_probabilities, attention_sum = evaluate(model, data, test_index, criterion, num_classes,
+                                                           batch_size, autocast, with_attention)
+    predictions["selected"] = test_log_probabilities.argmax(dim=1).cpu().numpy()
+    inner_val_index = torch.from_numpy(fold.inner_val_index).to(data.storage_device)
+    _, _, val_log_probabilities, _ = evaluate(model, data, inner_val_index, criterion, num_classes, batch_size,
+                                              autocast)
+    log_probabilities = {"inner_val": val_log_probabilities.float().cpu().numpy(),
+                         "test": test_log_probabilities.float().cpu().numpy()}
+    offsets = None
+    if config.training.bias_calibration:
+        offsets = fit_bias_offsets(log_probabilities["inner_val"], windows.target[fold.inner_val_index])
+        predictions["calibrated"] = np.argmax(log_probabilities["test"] + offsets, axis=1)
+    attention = None
+    if attention_sum is not None:
+        attention = (attention_sum / len(test_index)).cpu().numpy()
+    return predictions, attention, offsets, log_probabilities
+
+
+def train_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, fold: Fold, seed: int,
+               progress: Progress, label: str) -> FoldResult:
+    """Train one (seed, fold) with a plain module and torch.optim.AdamW: the reference path."""
+    started = time.perf_counter()
+    device, training, num_classes = data.device, config.training, len(windows.classes)
+    autocast = use_autocast(config, device)
+
+    # --- set up
+    torch.manual_seed(seed * 1009 + fold.fold)
+    generator = torch.Generator(device=data.storage_device).manual_seed(seed * 1009 + fold.fold)
+    model = build_model(config.model, config.windows.features, data.embedding_dim, num_classes, windows.length,
+                        data.numeric_dim).to(device)
+    train_targets = windows.target[fold.train_index]
+    criterion = build_loss(config.loss, train_targets, num_classes).to(device)
+    optimizer = make_optimizer(config, model.parameters(), device)
+    steps_per_epoch = math.ceil(len(fold.train_index) / training.batch_size)
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
+    train_index = torch.from_numpy(fold.train_index).to(data.storage_device)
+    inner_val_index = torch.from_numpy(fold.inner_val_index).to(data.storage_device)
+    sampling_weights = (balanced_sampling_weights(train_targets, num_classes, data.storage_device)
+                        if training.weighted_sampler else None)
+    tracker = EpochTracker(label, training.epochs, training.early_stopping_patience, progress)
+    # The best epoch's weights are copied into buffers allocated once: memory does not grow with epochs.
+    best_state = None
+
+    # --- loop over epochs
+    for epoch in range(1, training.epochs + 1):
+        model.train()
+        order = epoch_order(train_index, sampling_weights, generator, data.storage_device)
+        train_loss_sum = torch.zeros((), device=device)
+        learning_rate = optimizer.param_groups[0]["lr"]
+        # No host synchronisation inside this loop: losses are summed on the device.
+        for start in range(0, len(order), training.batch_size):
+            batch = data.batch(order[start:start + training.batch_size])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(batch["embedded"], batch["category"], batch["numeric"], batch["mask"])
+            loss = criterion(logits.float(), batch["target"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            train_loss_sum += loss.detach() * len(batch["target"])
+
+        # --- evaluate on the inner validation users (one host sync)
+        val_loss_sum, confusion, _, _ = evaluate(model, data, inner_val_index, criterion, num_classes,
+                                                 training.batch_size * 4, autocast, keep_log_probabilities=False)
+        stats = torch.cat([train_loss_sum.view(1), val_loss_sum.view(1), confusion.view(-1).float()]).cpu().numpy()
+        curve = epoch_curve(seed, fold.fold, epoch, stats, len(order), len(inner_val_index), num_classes,
+                            learning_rate)
+
+        # --- select on the inner validation users only
+        if tracker.update(curve):
+            if best_state is None:
+                best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+            else:
+                for name, value in model.state_dict().items():
+                    best_state[name].copy_(value)
+        if tracker.stopped:
+            break
+
+    # --- report the test fold with the last and the selected weights
+    def load_selected():
+        model.load_state_dict(best_state)
+        return model
+
+    predictions, attention, offsets, log_probabilities = predict_test_fold(config, data, windows, fold, criterion,
+                                                                           autocast, model, load_selected)
+    return FoldResult(seed=seed, fold=fold.fold, curves=tracker.curves, selected_epoch=tracker.best_epoch,
+                      last_epoch=tracker.last_epoch, test_target=windows.target[fold.test_index],
+                      predictions=predictions, attention=attention, bias_offsets=offsets,
+                      seconds=time.perf_counter() - started, log_probabilities=log_probabilities)
+
+
+def report_fold(progress: Progress, label: str, result: FoldResult, done: int, total: int) -> None:
+    """The line printed when a (seed, fold) is done, whichever execution mode trained it."""
+    report = result.predictions["selected"] == result.test_target
+    progress(f"{label} done in {result.seconds:.1f}s: selected epoch {result.selected_epoch}, test accuracy "
+             f"{report.mean():.4f} ({done}/{total})")

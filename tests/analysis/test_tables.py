@@ -1,0 +1,357 @@
+"""Behaviour of nextpoi_lib.analysis.tables against values computed here, independently, from the run
+folders' CSV files (pandas/numpy/scipy), never from the code under test."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wilcoxon
+
+from nextpoi_lib.analysis import tables
+from nextpoi_lib.runfolder import load_run
+from runfixtures import (CLASSES, counts_expected, fold_rows, make_fake_run, one_seed_runs, per_class_expected,
+                         three_seed_runs)
+
+
+# ------------------------------------------------------------------------------------------------ leaderboard
+
+
+@pytest.mark.parametrize("selection", ["selected", "last"])
+def test_leaderboard_means_and_stds_equal_numpy_on_fold_metrics(three_seeds, selection):
+    table = tables.leaderboard(three_seeds, selection=selection).set_index("run")
+    for run in three_seeds:
+        rows = fold_rows(run, selection)
+        row = table.loc[run.name]
+        assert row["n"] == len(rows) == 15
+        for metric in ("macro_f1", "accuracy"):
+            assert row[f"{metric}_mean"] == pytest.approx(np.mean(rows[metric]), abs=1e-12)
+            assert row[f"{metric}_std"] == pytest.approx(np.std(rows[metric], ddof=1), abs=1e-12)
+        assert row["macro_f1_min50_mean"] == pytest.approx(np.nanmean(rows["macro_f1_min50"]), abs=1e-12)
+
+
+def test_leaderboard_agrees_with_summary_json(three_seeds):
+    table = tables.leaderboard(three_seeds).set_index("run")
+    for run in three_seeds:
+        summary = json.loads((run / "summary.json").read_text())["selected"]
+        assert table.loc[run.name, "macro_f1_mean"] == pytest.approx(summary["macro_f1"]["mean"])
+        assert table.loc[run.name, "macro_f1_std"] == pytest.approx(summary["macro_f1"]["std"])
+        assert table.loc[run.name, "n"] == summary["macro_f1"]["n"]
+
+
+def test_leaderboard_delta_is_difference_of_means_against_reference(three_seeds):
+    other, baseline, better = three_seeds
+    # Default reference: the run named "baseline", even though it is not first.
+    table = tables.leaderboard(three_seeds).set_index("run")
+    assert table.attrs["reference"] == "baseline"
+    assert bool(table.loc["baseline", "is_reference"])
+    for run in three_seeds:
+        for metric in ("macro_f1", "accuracy"):
+            expected = fold_rows(run)[metric].mean() - fold_rows(baseline)[metric].mean()
+            assert table.loc[run.name, f"delta_{metric}"] == pytest.approx(expected, abs=1e-12)
+    # Explicit reference.
+    table = tables.leaderboard(three_seeds, reference="other").set_index("run")
+    assert table.loc["other", "delta_macro_f1"] == 0
+    expected = fold_rows(better)["macro_f1"].mean() - fold_rows(other)["macro_f1"].mean()
+    assert table.loc["better", "delta_macro_f1"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_reference_defaults_to_first_run_without_a_baseline(tmp_path):
+    root = tmp_path / "outputs"
+    runs = [make_fake_run(root, run_name="x", rng_seed=3), make_fake_run(root, run_name="y", rng_seed=4)]
+    assert tables.leaderboard(runs).attrs["reference"] == "x"
+    with pytest.raises(ValueError, match="reference run 'nope'"):
+        tables.leaderboard(runs, reference="nope")
+
+
+def test_leaderboard_is_sorted_by_macro_f1(three_seeds):
+    table = tables.leaderboard(three_seeds)
+    assert list(table["run"]) == ["better", "other", "baseline"]
+    assert table["macro_f1_mean"].is_monotonic_decreasing
+
+
+def test_wilcoxon_p_equals_scipy_on_matched_pairs(three_seeds):
+    _, baseline, better = three_seeds
+    table = tables.leaderboard(three_seeds).set_index("run")
+    for run in three_seeds:
+        if run == baseline:
+            assert pd.isna(table.loc[run.name, "p_wilcoxon"])
+            continue
+        merged = fold_rows(run).merge(fold_rows(baseline), on=["seed", "fold"], suffixes=("_a", "_b"))
+        expected = wilcoxon(merged["macro_f1_a"], merged["macro_f1_b"], alternative="two-sided").pvalue
+        assert table.loc[run.name, "n_pairs"] == len(merged) == 15
+        assert table.loc[run.name, "p_wilcoxon"] == pytest.approx(expected, rel=1e-12)
+    # Better on every one of 15 pairs: exact p = 2 / 2**15.
+    assert table.loc["better", "p_wilcoxon"] == pytest.approx(2 / 2**15)
+
+
+def test_small_n_note_for_five_pairs_and_not_for_fifteen(one_seed, three_seeds):
+    five = tables.leaderboard(one_seed).set_index("run")
+    assert five.loc["better", "n_pairs"] == 5
+    # All five pairs favour 'better', yet the smallest attainable p is 2/2^5 = 0.0625.
+    assert five.loc["better", "p_wilcoxon"] == pytest.approx(0.0625)
+    assert "too small" in five.loc["better", "note"]
+    assert "0.0625" in five.loc["better", "note"]
+
+    fifteen = tables.leaderboard(three_seeds).set_index("run")
+    assert fifteen.loc["better", "n_pairs"] == 15
+    assert fifteen.loc["better", "p_wilcoxon"] < 0.05
+    assert "too small" not in fifteen.loc["better", "note"]
+    assert fifteen.loc["baseline", "note"] == "reference"
+
+
+def test_pairs_only_over_matching_seed_fold(tmp_path):
+    root = tmp_path / "outputs"
+    baseline = make_fake_run(root, run_name="baseline", seeds=(0, 1, 2), quality=0.5)
+    partial = make_fake_run(root, run_name="partial", seeds=(1, 2, 3), quality=0.8, rng_seed=5)
+    table = tables.leaderboard([baseline, partial]).set_index("run")
+    merged = fold_rows(partial).merge(fold_rows(baseline), on=["seed", "fold"], suffixes=("_a", "_b"))
+    assert table.loc["partial", "n_pairs"] == len(merged) == 10
+    assert table.loc["partial", "p_wilcoxon"] == pytest.approx(
+        wilcoxon(merged["macro_f1_a"], merged["macro_f1_b"]).pvalue)
+    assert "only 10 of 15" in table.loc["partial", "note"]
+
+
+def test_different_fold_manifests_compare_means_but_refuse_paired_test(tmp_path):
+    root = tmp_path / "outputs"
+    a = make_fake_run(root, run_name="baseline", quality=0.5)
+    b = make_fake_run(root, run_name="refolded", quality=0.8, fold_seed=7)
+    result = tables.check_comparable([a, b])
+    assert not result.paired
+    assert any("fold manifests differ" in note for note in result.notes)
+    table = tables.leaderboard([a, b]).set_index("run")
+    assert pd.isna(table.loc["refolded", "p_wilcoxon"])
+    assert "paired test refused" in table.loc["refolded", "note"]
+    assert table.loc["refolded", "delta_macro_f1"] == pytest.approx(
+        fold_rows(b)["macro_f1"].mean() - fold_rows(a)["macro_f1"].mean())
+    assert any("fold manifests differ" in note for note in table.attrs["notes"])
+
+
+# ------------------------------------------------------------------------------------------------ comparability
+
+
+def test_check_comparable_refuses_mixed_datasets(tmp_path):
+    root = tmp_path / "outputs"
+    a = make_fake_run(root, dataset="toy")
+    b = make_fake_run(root, dataset="other")
+    with pytest.raises(ValueError, match="different datasets") as excinfo:
+        tables.check_comparable([a, b])
+    assert "toy" in str(excinfo.value) and "other" in str(excinfo.value)
+    with pytest.raises(ValueError, match="different datasets"):
+        tables.leaderboard([a, b])
+
+
+def test_check_comparable_refuses_changed_data(tmp_path):
+    root = tmp_path / "outputs"
+    a = make_fake_run(root, run_name="a")
+    b = make_fake_run(root, run_name="b", data_hash="feedbeef00000000")
+    with pytest.raises(ValueError, match="data_hash"):
+        tables.check_comparable([a, b])
+
+
+def test_check_comparable_refuses_incomplete_runs(tmp_path):
+    root = tmp_path / "outputs"
+    a = make_fake_run(root, run_name="done")
+    b = make_fake_run(root, run_name="crashed", status="running")
+    with pytest.raises(ValueError, match="incomplete") as excinfo:
+        tables.check_comparable([a, b])
+    assert "crashed" in str(excinfo.value) and "running" in str(excinfo.value)
+    assert "done" not in str(excinfo.value).split("incomplete", 1)[1]
+
+
+def test_check_comparable_refuses_different_classes(tmp_path):
+    root = tmp_path / "outputs"
+    a = make_fake_run(root, run_name="a", classes=("A", "B", "C"))
+    b = make_fake_run(root, run_name="b", classes=("A", "B", "D"), data_hash=None)
+    b_manifest = json.loads((b / "manifest.json").read_text())
+    a_manifest = json.loads((a / "manifest.json").read_text())
+    b_manifest["data_hash"] = a_manifest["data_hash"]  # same data, other class list: still refused
+    (b / "manifest.json").write_text(json.dumps(b_manifest))
+    with pytest.raises(ValueError, match="class lists"):
+        tables.check_comparable([a, b])
+
+
+def test_load_run_keeps_class_names_as_text(tmp_path):
+    run = make_fake_run(tmp_path / "outputs", classes=("NA", "1", "None"))
+    loaded = load_run(run)
+    assert loaded.classes == ["NA", "1", "None"]
+    assert set(loaded.per_class["class"]) == {"NA", "1", "None"}
+    assert tables.confusion_counts(run).index.tolist() == ["NA", "1", "None"]
+
+
+def test_seed_free_runs_pair_each_fold_once(tmp_path):
+    """Two deterministic runs with 3 identical seeds give 5 independent pairs, not 15."""
+    import json as _json
+
+    from nextpoi_lib.analysis.tables import leaderboard
+    from runfixtures import make_fake_run
+
+    paths = [make_fake_run(tmp_path, run_name=name, seeds=(0, 1, 2), quality=q, rng_seed=r)
+             for name, q, r in (("reference_run", 0.5, 1), ("other_run", 0.7, 2))]
+    for path in paths:
+        manifest = _json.loads((path / "manifest.json").read_text())
+        manifest["seed_dependent"] = False
+        (path / "manifest.json").write_text(_json.dumps(manifest))
+    table = leaderboard(paths, reference="reference_run").set_index("run")
+    assert table.loc["other_run", "n_pairs"] == 5
+
+
+def test_seed_dependence_of_older_run_folders_follows_their_kind(tmp_path):
+    """Run folders written before manifests carried seed_dependent: baselines pair each fold once."""
+    import json as _json
+
+    from nextpoi_lib.analysis.tables import leaderboard
+    from runfixtures import make_fake_run
+
+    paths = [make_fake_run(tmp_path, run_name=name, seeds=(0, 1, 2), quality=q, rng_seed=r)
+             for name, q, r in (("reference_run", 0.5, 1), ("other_run", 0.7, 2))]
+    for kind, expected_pairs in (("baseline", 5), ("neural", 15)):
+        for path in paths:
+            manifest = _json.loads((path / "manifest.json").read_text())
+            manifest.pop("seed_dependent", None)
+            manifest["kind"] = kind
+            (path / "manifest.json").write_text(_json.dumps(manifest))
+        table = leaderboard(paths, reference="reference_run").set_index("run")
+        assert table.loc["other_run", "n_pairs"] == expected_pairs, kind
+        assert ("paired once each" in table.loc["other_run", "note"]) == (kind == "baseline")
+
+
+def test_seed_dependent_run_against_a_deterministic_one_pairs_fold_means(tmp_path):
+    """A neural run (3 seeds) against a baseline that ignores the seed: 5 pairs of (mean over seeds, baseline)."""
+    import json as _json
+
+    import pandas as _pd
+    from scipy.stats import wilcoxon
+
+    from nextpoi_lib.analysis.tables import leaderboard
+    from runfixtures import make_fake_run
+
+    paths = [make_fake_run(tmp_path, run_name=name, seeds=(0, 1, 2), quality=q, rng_seed=r)
+             for name, q, r in (("reference_run", 0.5, 1), ("other_run", 0.7, 2))]
+    manifest = _json.loads((paths[0] / "manifest.json").read_text())
+    manifest["seed_dependent"] = False
+    (paths[0] / "manifest.json").write_text(_json.dumps(manifest))
+    table = leaderboard(paths, reference="reference_run").set_index("run")
+    assert table.loc["other_run", "n_pairs"] == 5 and "one run ignores the seed" in table.loc["other_run", "note"]
+    rows = [_pd.read_csv(path / "fold_metrics.csv").query("selection == 'selected'") for path in paths]
+    reference = rows[0].groupby("fold").macro_f1.mean().sort_index()  # its seeds are copies in a real run
+    other = rows[1].groupby("fold").macro_f1.mean().sort_index()
+    assert table.loc["other_run", "p_wilcoxon"] == pytest.approx(wilcoxon(other, reference).pvalue)
+
+
+# ------------------------------------------------------------------------------------------------ per class
+
+
+def test_per_class_table(three_seeds):
+    table = tables.per_class_table(three_seeds, "selected")
+    assert len(table) == 3 * len(CLASSES)
+    row = table[(table["run"] == "better") & (table["class"] == "B")].iloc[0]
+    expected = per_class_expected(three_seeds[2])
+    assert row["recall_mean"] == pytest.approx(expected.loc["B", ("recall", "mean")])
+    assert row["n"] == 15
+    with pytest.raises(ValueError, match="no fold 9"):
+        tables.per_class_table(three_seeds, "selected", fold=9)
+
+
+@pytest.mark.parametrize("fold", [None, 3])
+def test_per_class_table_means_and_stds_equal_pandas(three_seeds, fold):
+    table = tables.per_class_table(three_seeds, "selected", fold=fold).set_index(["run", "class"])
+    for run in three_seeds:
+        expected = per_class_expected(run, fold)
+        for cls in CLASSES:
+            for metric in ("precision", "recall"):
+                assert table.loc[(run.name, cls), f"{metric}_mean"] == pytest.approx(
+                    expected.loc[cls, (metric, "mean")], abs=1e-12)
+                assert table.loc[(run.name, cls), f"{metric}_std"] == pytest.approx(
+                    expected.loc[cls, (metric, "std")], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ confusion
+
+
+@pytest.mark.parametrize("fold", [None, 1])
+def test_confusion_panels_counts_shares_and_difference(one_seed, fold):
+    a, b = one_seed
+    ca, cb = counts_expected(a, fold), counts_expected(b, fold)
+    counts = tables.confusion_panels([a, b], normalise=False, fold=fold)
+    assert [(p.title, p.difference) for p in counts] == [("baseline", False), ("better", False),
+                                                         ("better − baseline", True)]
+    np.testing.assert_array_equal(counts[0].matrix, ca)
+    np.testing.assert_array_equal(counts[1].matrix, cb)
+    np.testing.assert_array_equal(counts[2].matrix, cb - ca)
+    np.testing.assert_array_equal(tables.confusion_counts(a, fold=fold).to_numpy(), ca)
+    shares = tables.confusion_panels([a, b], normalise=True, fold=fold)
+    np.testing.assert_allclose(shares[0].matrix, ca / ca.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(shares[1].matrix, cb / cb.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(shares[2].matrix, shares[1].matrix - shares[0].matrix)
+    assert len(tables.confusion_panels([a])) == 1
+
+
+# ------------------------------------------------------------------------------------------------ curves, attention
+
+
+def test_training_curves_mean_over_seeds_and_selected_epoch(tmp_path):
+    root = tmp_path / "outputs"
+    three = make_fake_run(root, run_name="three", seeds=(0, 1, 2))
+    curves = pd.read_csv(three / "curves.csv")
+    result = tables.training_curves(three, folds=[1, 2])
+    assert result.n_seeds == 3 and result.selected.empty
+    expected = curves[curves["fold"].isin([1, 2])].groupby(["fold", "epoch"]).mean().reset_index()
+    for column in ("train_loss", "val_loss", "val_macro_f1", "learning_rate"):
+        np.testing.assert_allclose(result.mean[column].to_numpy(float), expected[column].to_numpy(float))
+
+    one = make_fake_run(root, run_name="one", seeds=(0,))
+    result = tables.training_curves(one)
+    assert result.n_seeds == 1
+    chosen = fold_rows(one).set_index("fold")["epoch"]
+    curves = pd.read_csv(one / "curves.csv")
+    for row in result.selected.itertuples():
+        assert row.epoch == chosen[row.fold]
+        at = curves[(curves["fold"] == row.fold) & (curves["epoch"] == row.epoch)]["val_macro_f1"]
+        assert row.val_macro_f1 == pytest.approx(float(at.iloc[0]))
+    assert sorted(result.selected["fold"]) == list(range(5))
+    assert tables.training_curves(make_fake_run(root, run_name="markov", kind="baseline")).mean.empty
+
+
+def test_attention_table_per_position(tmp_path):
+    root = tmp_path / "outputs"
+    a = make_fake_run(root, run_name="baseline", seeds=(0, 1))
+    b = make_fake_run(root, run_name="markov", kind="baseline")
+    table = tables.attention_table([a, b])
+    assert set(table["run"]) == {"baseline"}
+    expected = pd.read_csv(a / "attention.csv").groupby("position")["weight"].agg(["mean", "std", "count"])
+    np.testing.assert_allclose(table["mean"].to_numpy(float), expected["mean"].to_numpy())
+    np.testing.assert_allclose(table["std"].to_numpy(float), expected["std"].to_numpy())
+    assert table["count"].tolist() == expected["count"].tolist() == [10] * 8
+    assert tables.attention_table([b]).empty
+
+
+# ------------------------------------------------------------------------------------------------ runs, old folders
+
+
+def test_runs_table_describes_each_run(three_seeds):
+    table = tables.runs_table(three_seeds)
+    assert table["run"].tolist() == ["other", "baseline", "better"]
+    row = table.iloc[0]
+    assert (row["dataset"], row["model"], row["kind"], row["profile"]) == ("toy", "transformer", "neural", "test-cpu")
+    assert row["seeds"] == "0, 1, 2" and row["folds"] == 5 and row["device"] == "cpu (test CPU)"
+
+
+def test_old_hybrid_run_folders_are_analysed_as_blended(tmp_path):
+    """Run folders written when the trees blended with a neural head were kind "hybrid" still load, compare
+    and pair; they read as kind "blended" and, like any non-baseline run, as seed dependent."""
+    root = tmp_path / "outputs"
+    baseline = make_fake_run(root, run_name="baseline", seeds=(0, 1, 2), quality=0.5)
+    old = make_fake_run(root, run_name="old_blend", seeds=(0, 1, 2), quality=0.7, rng_seed=3, kind="hybrid")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.pop("seed_dependent", None)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    run = load_run(old)
+    assert run.manifest["kind"] == "hybrid" and run.kind == "blended"
+    assert tables.seed_dependent(run)
+    table = tables.leaderboard([baseline, old]).set_index("run")
+    assert table.loc["old_blend", "kind"] == "blended"
+    assert table.loc["old_blend", "n_pairs"] == 15
+    assert tables.runs_table([old]).loc[0, "kind"] == "blended"

@@ -1,0 +1,122 @@
+"""nextpoi_lib.runfolder: the run folder written atomically, complete and consistent, never overwritten silently."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from nextpoi_lib import runfolder
+from nextpoi_lib.experiment import run_experiment
+from nextpoi_lib.results import CrossValidationResult, FoldResult
+from nextpoi_lib.runfolder import RunExistsError, check_run_target, is_complete, run_directory, write_run
+from synthetic import synthetic_config
+
+RUN_FILES = {"config.yaml", "manifest.json", "fold_manifest.json", "curves.csv", "fold_metrics.csv", "per_class.csv",
+             "confusion.csv", "summary.json"}
+
+
+def test_run_folder_is_complete_and_consistent(tmp_path):
+    config = synthetic_config(tmp_path, model={"name": "hybrid", "num_heads": 2},
+                              training={"epochs": 3, "seeds": [0, 1], "bias_calibration": True})
+    path = run_experiment(config)
+    assert RUN_FILES | {"attention.csv"} <= {p.name for p in path.iterdir()}
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["seeds"] == [0, 1] and manifest["device"] == "cpu"
+    # The hybrid head cannot be stacked and this tiny run is below the fold-worker threshold.
+    assert manifest["engine"]["mode"] == "per_fold"
+    folds = json.loads((path / "fold_manifest.json").read_text())
+    fold_sizes = {f["fold"]: f["n_test"] for f in folds["folds"]}
+    metrics = pd.read_csv(path / "fold_metrics.csv")
+    assert set(metrics.selection) == {"selected", "last", "calibrated"} and len(metrics) == 2 * 3 * 3
+    per_class = pd.read_csv(path / "per_class.csv")
+    supports = per_class.groupby(["seed", "fold", "selection"])["support"].sum()
+    for (seed, fold, selection), total in supports.items():
+        assert total == fold_sizes[fold]
+    confusion = pd.read_csv(path / "confusion.csv")
+    assert (confusion.groupby(["seed", "fold", "selection"])["count"].sum() == supports).all()
+    summary = json.loads((path / "summary.json").read_text())
+    selected = metrics[metrics.selection == "selected"]
+    assert summary["selected"]["macro_f1"]["mean"] == pytest.approx(selected.macro_f1.mean())
+    assert summary["selected"]["macro_f1"]["std"] == pytest.approx(selected.macro_f1.std(ddof=1))
+    assert summary["selected"]["macro_f1"]["n"] == 6
+    curves = pd.read_csv(path / "curves.csv")
+    assert len(curves) == 2 * 3 * 3 and curves.learning_rate.notna().all()
+    attention = pd.read_csv(path / "attention.csv")
+    np.testing.assert_allclose(attention.groupby(["seed", "fold"]).weight.sum(), 1.0, rtol=1e-4)
+
+
+def hand_made_result():
+    """Two folds of one seed, predictions chosen by hand."""
+    folds = [FoldResult(seed=0, fold=0, curves=[], selected_epoch=0, last_epoch=0, test_target=np.array([0, 0, 1, 2]),
+                        predictions={"selected": np.array([0, 1, 1, 2]), "last": np.array([0, 0, 0, 0])}),
+             FoldResult(seed=0, fold=1, curves=[], selected_epoch=0, last_epoch=0, test_target=np.array([2, 1, 1]),
+                        predictions={"selected": np.array([2, 1, 0]), "last": np.array([2, 1, 1])})]
+    return CrossValidationResult(fold_results=folds, device="cpu", device_name="cpu")
+
+
+def test_write_run_by_hand(tmp_path):
+    target = tmp_path / "toy" / "hand"
+    path = write_run(target, hand_made_result(), ["a", "b", "c"], "name: hand\n", {"folds": []}, {"run_name": "hand"})
+    assert path == target and is_complete(target)
+    assert RUN_FILES <= {p.name for p in path.iterdir()} and not (path / "attention.csv").exists()
+    assert (path / "config.yaml").read_text() == "name: hand\n"
+    assert json.loads((path / "fold_manifest.json").read_text()) == {"folds": []}
+    assert json.loads((path / "manifest.json").read_text()) == {"status": "complete", "run_name": "hand"}
+    metrics = pd.read_csv(path / "fold_metrics.csv")
+    selected = metrics[metrics.selection == "selected"].set_index("fold")
+    f1 = [f1_score([0, 0, 1, 2], [0, 1, 1, 2], average="macro"), f1_score([2, 1, 1], [2, 1, 0], average="macro",
+                                                                         labels=[0, 1, 2], zero_division=0)]
+    np.testing.assert_allclose(selected.accuracy, [3 / 4, 2 / 3])
+    np.testing.assert_allclose(selected.macro_f1, f1)
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["selected"]["accuracy"] == {"mean": pytest.approx((3 / 4 + 2 / 3) / 2),
+                                               "std": pytest.approx(np.std([3 / 4, 2 / 3], ddof=1)), "n": 2}
+    assert summary["last"]["accuracy"]["mean"] == pytest.approx((2 / 4 + 1) / 2)
+    confusion = pd.read_csv(path / "confusion.csv")
+    fold0 = confusion[(confusion.fold == 0) & (confusion.selection == "selected")]
+    assert fold0[fold0.true_class == "a"].set_index("predicted_class")["count"].to_dict() == {"a": 1, "b": 1, "c": 0}
+    assert [p.name for p in target.parent.iterdir()] == ["hand"]  # no temporary folder left behind
+
+
+def test_existing_run_is_never_overwritten_silently(tmp_path):
+    config = synthetic_config(tmp_path, training={"epochs": 1})
+    path = run_experiment(config)
+    before = (path / "manifest.json").read_text()
+    with pytest.raises(RunExistsError, match="already exists.*--overwrite"):
+        run_experiment(config)
+    assert (path / "manifest.json").read_text() == before
+    config.output.overwrite = True
+    run_experiment(config)
+    assert json.loads((path / "manifest.json").read_text())["started_at"] >= json.loads(before)["started_at"]
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_folder_that_is_not_a_complete_run_is_refused_too(tmp_path):
+    config = synthetic_config(tmp_path, model={"name": "majority"})
+    target = run_directory(config)
+    assert target == tmp_path / "outputs" / "toy" / "toy"
+    assert check_run_target(config) == target  # nothing there yet
+    target.mkdir(parents=True)
+    (target / "manifest.json").write_text('{"status": "running"}')
+    assert not is_complete(target)
+    with pytest.raises(RunExistsError, match="A folder that is not a complete run already exists"):
+        check_run_target(config)
+    config.output.overwrite = True
+    assert is_complete(run_experiment(config))
+
+
+def test_crash_leaves_no_complete_run_and_keeps_the_old_one(tmp_path, monkeypatch):
+    config = synthetic_config(tmp_path, training={"epochs": 1})
+    path = run_experiment(config)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash while writing")
+
+    monkeypatch.setattr(runfolder, "summarise", broken)
+    config.output.overwrite = True
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_experiment(config)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
