@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nextpoi_lib.config import ExperimentConfig, FoldConfig  # noqa: E402
+from nextpoi_lib.config import ExperimentConfig, FoldConfig, updated  # noqa: E402
 from nextpoi_lib.experiment import load_config  # noqa: E402
 from nextpoi_lib.folds import FoldManifest, make_fold_manifest  # noqa: E402
 from nextpoi_lib.heads import build_model  # noqa: E402
@@ -363,11 +363,11 @@ def run_variant(variant: str, config: ExperimentConfig, windows: WindowSet, mani
     config = copy.deepcopy(config)
     threads_before = torch.get_num_threads()
     if variant == "engine-serial":
-        config.training.fold_workers = 1
+        config = updated(config, training={"fold_workers": 1})
     elif variant == "engine-stacked":
-        config.training.stack_folds = True
+        config = updated(config, training={"stack_folds": True})
     elif variant == "engine-per-fold":
-        config.training.stack_folds = False
+        config = updated(config, training={"stack_folds": False})
     if variant == "plain-1thread":
         torch.set_num_threads(1)
     cuda = torch.cuda.is_available() and resolve_device(config.training.device).type == "cuda"
@@ -462,8 +462,7 @@ def warm_up(case: Case, windows: WindowSet, args) -> None:
     kernels and allocators is then not charged to whichever variant runs first)."""
     small = windows.subset(np.arange(min(len(windows), 1_500)))
     manifest = make_fold_manifest(small.users, small.target, FoldConfig(n_splits=2), "warm-up")
-    config = experiment_config(case, 2, 1, args.device)
-    config.training.fold_workers = 1
+    config = updated(experiment_config(case, 2, 1, args.device), training={"fold_workers": 1})
     plain_cross_validation(config, small, manifest)
     cross_validate(config, small, manifest)
 

@@ -1,6 +1,7 @@
-"""Experiment configuration: one typed object, loaded from layered YAML and validated once at the edge.
+"""Experiment configuration: one typed, frozen object, loaded from layered YAML and validated once at the edge.
 
-Everything downstream trusts an `ExperimentConfig`. Errors name the key, the value and the valid choices,
+Everything downstream trusts an `ExperimentConfig`; code that needs a variant of it (a blended run's head, a
+benchmark's execution mode) derives a copy with `updated` instead of changing it. Errors name the key, the value and the valid choices,
 so a typo in a parameter file fails before any data is read.
 """
 
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
     """A parameter file asks for something invalid; the message says which key and how to fix it."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetConfig:
     # foursquare_nyc: the embedded mat-data sample; checkins: any CSV/parquet check-in table;
     # next_parquet: our users' precomputed 9x64 window file.
@@ -49,7 +50,7 @@ class DatasetConfig:
     legacy_padding: Literal["trailing_zero_rows", "none"] = "trailing_zero_rows"
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbeddingConfig:
     source: Literal["dgi", "table"] = "dgi"
     path: str | None = None  # for source=table: parquet/CSV with placeid, '0'..'63'
@@ -65,7 +66,7 @@ class EmbeddingConfig:
     missing: Literal["error", "mask", "drop_window"] = "error"
 
 
-@dataclass
+@dataclass(frozen=True)
 class WindowConfig:
     length: int = 9
     stride: int = 1
@@ -77,7 +78,7 @@ class WindowConfig:
     target_time_features: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class FoldConfig:
     n_splits: int = 5
     # user_grouped: StratifiedGroupKFold by user. legacy_record_level: our users' old split that puts
@@ -87,7 +88,7 @@ class FoldConfig:
     seed: int = 42
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "transformer"
     model_dim: int = 64  # width the transformer works at (inputs are projected to it)
@@ -102,7 +103,7 @@ class ModelConfig:
     markov_order: int = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class TreesConfig:
     """The gradient-boosted trees (model.name: gradient_boosting, or blended_trees with a neural head)."""
     max_iter: int = 200
@@ -132,7 +133,7 @@ class TreesConfig:
     refit_with_inner_val: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class BlendConfig:
     """model.name: blended_trees — the trees' log-probabilities averaged with a neural head's."""
     # The neural head (a name of the head registry, configured by the model/loss/optimizer/training sections)
@@ -140,7 +141,7 @@ class BlendConfig:
     head: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     name: Literal["cross_entropy", "focal", "logit_adjusted"] = "cross_entropy"
     class_weights: Literal["none", "balanced"] = "none"
@@ -152,14 +153,14 @@ class LossConfig:
     allow_stacked_reweighting: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerConfig:
     name: Literal["adamw"] = "adamw"
     learning_rate: float = 1e-4
     weight_decay: float = 1e-2
 
 
-@dataclass
+@dataclass(frozen=True)
 class SchedulerConfig:
     name: Literal["onecycle", "cosine", "constant"] = "onecycle"
     max_lr: float = 1e-2
@@ -168,7 +169,7 @@ class SchedulerConfig:
     final_div_factor: float = 1e4
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = 100
     batch_size: int = 1024
@@ -191,13 +192,13 @@ class TrainingConfig:
     fold_workers: int | Literal["auto"] = "auto"
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutputConfig:
     root: str = "outputs"
     overwrite: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
     description: str = ""
@@ -224,6 +225,18 @@ class ExperimentConfig:
         if self.dataset.source == "foursquare_nyc":
             return "foursquare_nyc"
         return Path(self.dataset.path or "data").stem
+
+
+def updated(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    """A copy of the frozen `config` with some keys changed: a section's keys as a mapping
+    (`updated(config, training={"fold_workers": 1})`), a top-level key as a value (`updated(config, name="x")`).
+    Unknown keys raise TypeError. The copy is not validated again: the settings the engine reads that way
+    (training.stack_folds, fold_workers) are re-checked there."""
+    values = {}
+    for name, change in changes.items():
+        section = getattr(config, name)
+        values[name] = dataclasses.replace(section, **change) if dataclasses.is_dataclass(section) else change
+    return dataclasses.replace(config, **values)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ and never overwrites a complete run unless `output.overwrite` is set.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -33,7 +32,7 @@ import yaml
 
 from . import __version__
 from .baselines import BASELINE_REGISTRY
-from .config import ConfigError, ExperimentConfig, from_dict
+from .config import ConfigError, ExperimentConfig, from_dict, updated
 from .heads import MODEL_REGISTRY
 from .layers import Layer, resolve_layers
 from .preparation import PreparedData, prepare_data
@@ -99,7 +98,7 @@ class BlendedRun(NeuralRun):
         head = config.blend.head
         progress(f"Blend: cross-validating the {head} head first; its inner-validation and test log-probabilities "
                  f"are blended with the trees'")
-        head_config = dataclasses.replace(config, model=dataclasses.replace(config.model, name=head))
+        head_config = updated(config, model={"name": head})
         neural_run = cross_validate(head_config, prepared.windows, prepared.fold_manifest, progress)
         return cross_validate_fitted(config, prepared.windows, prepared.fold_manifest,
                                      lambda seed: GradientBoostedTrees.from_config(config.trees, seed), progress,

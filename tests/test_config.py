@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nextpoi_lib.config import ConfigError, ExperimentConfig, from_dict, translate_legacy_keys
+from nextpoi_lib.config import ConfigError, ExperimentConfig, from_dict, translate_legacy_keys, updated
 from nextpoi_lib.experiment import load_config
 
 PARAMETERS = Path(__file__).resolve().parents[1] / "parameters"
@@ -268,8 +268,7 @@ def test_engine_execution_settings_reject_bad_values(training, message):
 def test_engine_rechecks_execution_settings_changed_after_loading():
     from nextpoi_lib.config import check_execution_settings
 
-    config = load_config({})
-    config.training.fold_workers = 0
+    config = updated(load_config({}), training={"fold_workers": 0})
     with pytest.raises(ConfigError, match=r"training\.fold_workers=0"):
         check_execution_settings(config.training)
 

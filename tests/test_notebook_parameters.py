@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from nextpoi_lib import layers, notebook_parameters
-from nextpoi_lib.config import ConfigError
+from nextpoi_lib.config import ConfigError, updated
 from notebook_support import REPO, SMOKE, notebook_defaults, quiet_load, smoke_sections
 
 # Every experiment file (reference baselines in parameters/baselines/ included), not the profiles.
@@ -38,7 +38,7 @@ def test_dash_f_resolves_like_nextpoi_run(parameter_file):
 def test_dash_f_with_profile_resolves_like_nextpoi_run_with_profile(parameter_file):
     injected = {**yaml.safe_load(parameter_file.read_text()), "profile": "cpu"}
     expected = quiet_load(parameter_file, REPO / "parameters" / "profiles" / "cpu.yaml")
-    expected.profile = "cpu"  # as `nextpoi run --profile` records it
+    expected = updated(expected, profile="cpu")  # as `nextpoi run --profile` records it
     config = resolve_like_papermill(injected)
     assert config.to_dict() == expected.to_dict()
     assert config.name == parameter_file.stem and config.training.seeds == [0]
@@ -50,7 +50,7 @@ def test_parameter_files_sections_and_profile_layer_in_order(tmp_path):
                                      "profile": "gpu", "output_root": str(tmp_path), "overwrite": True})
     expected = quiet_load(REPO / "parameters" / "C.yaml", override,
                           overrides={"output": {"root": str(tmp_path), "overwrite": True}})
-    expected.profile = "gpu"
+    expected = updated(expected, profile="gpu")
     assert config.to_dict() == expected.to_dict()
     assert config.name == "C" and config.training.epochs == 7 and config.model.name == "gru"
 

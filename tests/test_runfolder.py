@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from nextpoi_lib import runfolder
+from nextpoi_lib.config import updated
 from nextpoi_lib.experiment import run_experiment
 from nextpoi_lib.results import CrossValidationResult, FoldResult
 from nextpoi_lib.runfolder import RunExistsError, check_run_target, is_complete, run_directory, write_run
@@ -86,7 +87,7 @@ def test_existing_run_is_never_overwritten_silently(tmp_path):
     with pytest.raises(RunExistsError, match="already exists.*--overwrite"):
         run_experiment(config)
     assert (path / "manifest.json").read_text() == before
-    config.output.overwrite = True
+    config = updated(config, output={"overwrite": True})
     run_experiment(config)
     assert json.loads((path / "manifest.json").read_text())["started_at"] >= json.loads(before)["started_at"]
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
@@ -102,7 +103,7 @@ def test_a_folder_that_is_not_a_complete_run_is_refused_too(tmp_path):
     assert not is_complete(target)
     with pytest.raises(RunExistsError, match="A folder that is not a complete run already exists"):
         check_run_target(config)
-    config.output.overwrite = True
+    config = updated(config, output={"overwrite": True})
     assert is_complete(run_experiment(config))
 
 
@@ -115,7 +116,7 @@ def test_crash_leaves_no_complete_run_and_keeps_the_old_one(tmp_path, monkeypatc
         raise RuntimeError("simulated crash while writing")
 
     monkeypatch.setattr(runfolder, "summarise", broken)
-    config.output.overwrite = True
+    config = updated(config, output={"overwrite": True})
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_experiment(config)
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before

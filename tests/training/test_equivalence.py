@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 import torch
 
+from nextpoi_lib.config import updated
 from nextpoi_lib.heads import MODEL_REGISTRY, build_model
 from nextpoi_lib.losses import build_loss
 from nextpoi_lib.progress import Progress
@@ -279,7 +280,7 @@ def test_same_seed_gives_identical_metrics_twice_on_cpu(mode):
     windows = random_windows(n=200)
     config = make_config("transformer", ["embedding", "category", "time", "coordinates"],
                          training={"seeds": [3, 4], "epochs": 2})
-    config.training.stack_folds = mode == "stacked_folds"
+    config = updated(config, training={"stack_folds": mode == "stacked_folds"})
     manifest = manifest_for(windows)
     first = cross_validate(config, windows, manifest)
     second = cross_validate(config, windows, manifest)
@@ -292,7 +293,7 @@ def test_fold_workers_give_the_same_results_as_folds_one_after_another():
     config = make_config("gru", ["embedding", "time"], training={"seeds": [0, 1], "epochs": 2,
                                                                   "bias_calibration": True})
     manifest = manifest_for(windows)
-    config.training.fold_workers = 2
+    config = updated(config, training={"fold_workers": 2})
     lines = []
     parallel = cross_validate(config, windows, manifest, progress=lines.append)
     assert parallel.extra["engine"]["mode"] == "fold_workers" and parallel.extra["engine"]["threads_per_worker"] >= 1
@@ -300,7 +301,7 @@ def test_fold_workers_give_the_same_results_as_folds_one_after_another():
     again = cross_validate(config, windows, manifest, progress=Progress(False))
     assert_same_results(parallel, again)
     # the workers' thread count, in this process, folds one after another: the very same numbers
-    config.training.fold_workers = 1
+    config = updated(config, training={"fold_workers": 1})
     threads = torch.get_num_threads()
     torch.set_num_threads(parallel.extra["engine"]["threads_per_worker"])
     try:
