@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 
-from .config import ConfigError
-from .data import DataError
+from .errors import UserError
 
 PROFILE_HELP = ("a parameters/profiles file applied last: a path, a name (cpu, gpu), or 'auto': gpu when a CUDA "
                 "GPU is visible, else cpu")
@@ -121,6 +121,8 @@ def command_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nextpoi", description="Next-POI category prediction workbench.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a user error too (also NEXTPOI_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="Cross-validate one experiment (layered parameter files, later wins).")
@@ -166,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default", UserWarning)
     try:
         return args.handler(args)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as error:
+    except (UserError, FileExistsError, FileNotFoundError) as error:
+        # A user's mistake: one paragraph, no traceback (unless asked for with --debug / NEXTPOI_DEBUG=1).
+        if args.debug or os.environ.get("NEXTPOI_DEBUG") == "1":
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -18,8 +18,10 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A parameter file asks for something invalid; the message says which key and how to fix it."""
 
 
@@ -41,6 +43,12 @@ class DatasetConfig:
     # The embedded Foursquare sample always has one.
     subcategory_column: str | None = None
     min_checkins_per_user: int = 5
+    # Exact duplicate check-in rows (every column equal): "drop" keeps one of each and reports how many were
+    # dropped; "keep" keeps them all (each one becomes a visit and a target).
+    duplicate_rows: Literal["drop", "keep"] = "drop"
+    # Numeric timestamps: the unit of a number of seconds/milliseconds since 1970 ("s", "ms"); null: the
+    # timestamp column must hold date-times (a number is then refused rather than read as nanoseconds).
+    timestamp_unit: Literal["s", "ms"] | None = None
     # Fixed class list in id order (e.g. Gowalla's 7 categories); empty: the classes found in the data,
     # most frequent first. A category outside a given list is an error.
     classes: list[str] | None = None

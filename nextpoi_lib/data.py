@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from .config import DatasetConfig
+from .errors import UserError
 
 CANONICAL_COLUMNS = ["user_id", "poi_id", "timestamp", "latitude", "longitude", "category"]
 FOURSQUARE_RESOURCE = "assets/sample/Foursquare_Sample.csv"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Input data cannot be used; the message names the problem and the fix."""
 
 
