@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 import warnings
@@ -376,6 +378,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 # PyYAML reads 1e-3 (no dot) as a string; say so instead of failing obscurely later.
                 extra = (" YAML reads numbers like 1e-3 as text; write 1.0e-3 or 0.001.")
             raise ConfigError(f"{key}={value!r} must be a number.{extra}")
+        if not math.isfinite(value):
+            # YAML reads .inf, -.inf and .nan as floats; no setting means them, and they fail far downstream.
+            raise ConfigError(f"{key}={value!r} must be a finite number (YAML reads .inf, -.inf and .nan as "
+                              f"infinity and not-a-number): give a real value such as 0.001.")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -396,6 +402,20 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# Names that become folders (outputs/<dataset>/<name>/): one path component, portable on every file system.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+SAFE_NAME_RULE = ("one folder name of letters, digits, '.', '_' and '-' (no '/', spaces or other characters), "
+                  "not starting with '.'")
+
+
+def is_safe_name(name: Any) -> bool:
+    return isinstance(name, str) and len(name) <= 200 and _SAFE_NAME.fullmatch(name) is not None
+
+
+# The machine check (is that GPU there?) is devices.check_device, called by experiment.load_config.
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> None:
     """Value and cross-field checks; raises ConfigError naming the key and the fix. Names of registered models
     and heads are checked one layer up, by the experiment's composition root."""
@@ -403,8 +423,17 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     d, e, w, f, m, l, o, s, t = (config.dataset, config.embeddings, config.windows, config.folds, config.model,
                                  config.loss, config.optimizer, config.scheduler, config.training)
     trees = config.trees
-    _require(bool(config.name) and "/" not in config.name and not config.name.startswith("."),
-             f"name={config.name!r} must be a non-empty folder name without '/' and not starting with '.'.")
+    _require(is_safe_name(config.name),
+             f"name={config.name!r} cannot name a run folder: it must be {SAFE_NAME_RULE}. Set name: to e.g. "
+             f"'{_suggest_name(config.name)}'.")
+    if d.name is not None:
+        _require(is_safe_name(d.name),
+                 f"dataset.name={d.name!r} cannot name the dataset folder: it must be {SAFE_NAME_RULE}. Set "
+                 f"dataset.name: to e.g. '{_suggest_name(d.name)}'.")
+    elif not is_safe_name(config.dataset_name()):
+        raise ConfigError(f"The dataset folder would be named after the data file's stem "
+                          f"{config.dataset_name()!r} (dataset.path={d.path!r}), which is not {SAFE_NAME_RULE}: set "
+                          f"dataset.name to a safe name, e.g. dataset.name: '{_suggest_name(config.dataset_name())}'.")
     if d.source in ("checkins", "next_parquet"):
         _require(d.path is not None, f"dataset.path is required when dataset.source={d.source!r}: give the "
                                      f"path of the {'check-in table (CSV or parquet)' if d.source == 'checkins' else 'next.parquet file'}.")
@@ -415,6 +444,8 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     _require(e.dim >= 1, f"embeddings.dim={e.dim} must be >= 1.")
     _require(e.knn_k >= 1, f"embeddings.knn_k={e.knn_k} must be >= 1.")
     _require(e.epochs >= 1, f"embeddings.epochs={e.epochs} must be >= 1.")
+    _require(e.learning_rate > 0, f"embeddings.learning_rate={e.learning_rate} must be > 0 (e.g. 0.001).")
+    _require(e.seed >= 0, f"embeddings.seed={e.seed} must be >= 0.")
     _require(w.length >= 1, f"windows.length={w.length} must be >= 1 (the number of past visits the model sees).")
     _require(w.stride >= 1, f"windows.stride={w.stride} must be >= 1 (1 = every transition, "
                             f"{w.length} = non-overlapping windows).")
@@ -432,9 +463,12 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
                      f"trees.{key}=true needs the user's check-in sequence, and a next.parquet file holds only its "
                      f"windows: load the check-in table (dataset.source: checkins) or set {key}: false.")
     _require(f.n_splits >= 2, f"folds.n_splits={f.n_splits} must be >= 2.")
+    _require(f.seed >= 0, f"folds.seed={f.seed} must be >= 0.")
     _require(0.0 < f.inner_val_fraction < 0.5,
              f"folds.inner_val_fraction={f.inner_val_fraction} must be between 0 and 0.5 (share of training "
              f"users held out for model selection).")
+    _require(trees.max_iter >= 1, f"trees.max_iter={trees.max_iter} must be >= 1 (the number of boosting rounds).")
+    _require(trees.learning_rate > 0, f"trees.learning_rate={trees.learning_rate} must be > 0 (e.g. 0.1).")
     _require(trees.l2_regularization >= 0, f"trees.l2_regularization={trees.l2_regularization} must be >= 0.")
     _require(trees.forest_trees >= 0,
              f"trees.forest_trees={trees.forest_trees} must be >= 0 (0: boosted trees alone; e.g. 200: averaged "
@@ -447,6 +481,10 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     _require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1).")
     _require(m.num_layers >= 1, f"model.num_layers={m.num_layers} must be >= 1.")
     _require(m.num_heads >= 1, f"model.num_heads={m.num_heads} must be >= 1.")
+    for key in ("model_dim", "hidden_dim", "feedforward_dim", "category_embedding_dim"):
+        _require(getattr(m, key) >= 1, f"model.{key}={getattr(m, key)} must be >= 1 (a layer width).")
+    _require(m.markov_order >= 1, f"model.markov_order={m.markov_order} must be >= 1 (the number of last visits "
+                                  f"the Markov baseline conditions on).")
     _require(0.0 <= l.label_smoothing < 1.0, f"loss.label_smoothing={l.label_smoothing} must be in [0, 1).")
     _require(l.focal_gamma >= 0.0, f"loss.focal_gamma={l.focal_gamma} must be >= 0.")
     _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0.")
@@ -456,12 +494,13 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
              f"must be > 0 and pct_start={s.pct_start} in (0, 1).")
     _require(t.epochs >= 1, f"training.epochs={t.epochs} must be >= 1.")
     _require(t.batch_size >= 1, f"training.batch_size={t.batch_size} must be >= 1.")
-    _require(len(t.seeds) >= 1 and len(set(t.seeds)) == len(t.seeds),
-             f"training.seeds={t.seeds!r} must list at least one seed, each once.")
+    _require(len(t.seeds) >= 1 and len(set(t.seeds)) == len(t.seeds) and min(t.seeds) >= 0,
+             f"training.seeds={t.seeds!r} must list at least one seed, each once, each >= 0.")
     _require(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
              f"training.early_stopping_patience={t.early_stopping_patience} must be >= 1 or null.")
-    _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-             f"training.device={t.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    _require(_DEVICE.fullmatch(t.device) is not None,
+             f"training.device={t.device!r} must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N' ('auto': a CUDA GPU, "
+             f"else Apple's MPS, else the CPU).")
     check_execution_settings(t)
 
     # Two re-weightings of the same imbalance over-correct; refuse unless asked for by name.
@@ -493,6 +532,12 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     if w.target_time_features:
         warnings.warn("windows.target_time_features: true adds the predicted visit's time to the input. This is a "
                       "different, easier task; the run is labelled 'next_category_with_target_time'.", stacklevel=2)
+
+
+def _suggest_name(name: Any) -> str:
+    """A safe name close to `name`, for error messages."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).lstrip("._") or "experiment"
+    return text[:200]
 
 
 def check_execution_settings(t: TrainingConfig) -> None:

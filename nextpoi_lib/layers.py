@@ -9,7 +9,9 @@ Python — resolves its parameters here, with the same rules, later layers winni
 The run name defaults to the stem of the last parameter file; an `extends` base, an inline section or a profile
 never names the run. A profile is None, "auto" (gpu when a CUDA GPU is visible, else cpu), a bare name ("cpu":
 parameters/profiles/cpu.yaml) or a path; its name is recorded as the config's `profile`.
-The result is a plain mapping: `config.from_dict` types and checks it.
+The result is a plain mapping: `config.from_dict` types and checks it. Before that, each file is refused with a
+ConfigError naming it when it holds a key twice in one mapping (with the line), holds no settings (profiles
+excepted), or `extends:` a missing file (named as written and as resolved) or closes a cycle (the chain named).
 """
 
 from __future__ import annotations
@@ -42,26 +44,118 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """One parameter file, merged over the files its `extends:` key names (relative to the file)."""
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping key given twice; `read_yaml` turns it into a ConfigError naming the file."""
+
+    def __init__(self, key: str, line: int, first_line: int):
+        super().__init__(f"{key!r} on line {line} (first on line {first_line})")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain PyYAML keeps the last one silently, so
+    a second `training:` block would drop the first one's settings). Merge keys (`<<:`) may still be overridden."""
+
+    def construct_document(self, node):
+        self._key_paths = {}
+        self._record_key_paths(node, "")
+        return super().construct_document(node)
+
+    def _record_key_paths(self, node, prefix: str) -> None:
+        # The dotted path of every mapping, so that a duplicate is named as `training.epochs`, not `epochs`.
+        if isinstance(node, yaml.MappingNode):
+            if id(node) in self._key_paths:
+                return
+            self._key_paths[id(node)] = prefix
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                self._record_key_paths(value_node, f"{prefix}{key}.")
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._record_key_paths(item, f"{prefix.rstrip('.')}[{index}].")
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class explains it
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise _DuplicateKey(getattr(self, "_key_paths", {}).get(id(node), "") + str(key), line, first)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text as Python values, refusing duplicate keys (`UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml(path: str | os.PathLike, _chain: tuple[Path, ...] = (), *,
+              allow_empty: bool | None = None) -> dict[str, Any]:
+    """One parameter file, merged over the files its `extends:` key names (relative to the file).
+
+    Refused with a ConfigError: a missing file, invalid YAML, a key given twice in one mapping, a file that is
+    not a mapping, a file with no settings (unless it is a profile, `allow_empty` defaulting to whether the file
+    lies in a profiles/ folder: parameters/profiles/gpu.yaml is empty on purpose), an `extends:` that names a
+    missing file or closes a cycle."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Parameter file {str(path)!r} does not exist. Check the path (it is read relative "
                           f"to the current folder {str(Path.cwd())!r}).")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Parameter file {str(path)!r} cannot be read as text: {error}. Give a YAML file "
+                          f"(UTF-8).") from error
+    try:
+        data = load_yaml_text(text)
+    except _DuplicateKey as duplicate:
+        raise ConfigError(
+            f"Parameter file {str(path)!r}, line {duplicate.line}: the key {duplicate.key!r} is given twice in "
+            f"one mapping (first on line {duplicate.first_line}). YAML would keep only the last one and silently "
+            f"drop the other's settings: merge the two into one {duplicate.key.rsplit('.', 1)[-1]}: entry.") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"Parameter file {str(path)!r} is not valid YAML: {error}") from error
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"Parameter file {str(path)!r} must hold a mapping of sections (dataset:, model:, ...), "
                           f"not a {type(data).__name__}.")
     bases = data.pop("extends", None)
+    if allow_empty is None:
+        allow_empty = _is_profile_file(path)
+    if not data and not bases and not allow_empty:
+        raise ConfigError(f"Parameter file {str(path)!r} holds no settings (it is empty or only has comments), so "
+                          f"it would start a full run with the library defaults. Give the settings of the "
+                          f"experiment (model:, training:, ...), or `extends:` the file it varies.")
+    if bases is not None and not (isinstance(bases, str) or (isinstance(bases, list)
+                                                             and all(isinstance(b, str) for b in bases))):
+        raise ConfigError(f"Parameter file {str(path)!r}: extends={bases!r} must be a file name or a list of file "
+                          f"names (relative to the folder of {path.name}), e.g. extends: baseline.yaml.")
     # Old spellings (model.gbt_*) are translated per file, so an old file that extends a new one still wins.
     data = translate_legacy_keys(data)
     if bases:
+        chain = _chain + (path.resolve(),)
         merged: dict[str, Any] = {}
         for base in [bases] if isinstance(bases, str) else bases:
-            merged = deep_merge(merged, read_yaml(path.parent / base))
+            target = path.parent / base
+            if not target.is_file():
+                raise ConfigError(
+                    f"Parameter file {str(path)!r} extends {base!r}, which resolves to {str(target.resolve())!r} "
+                    f"(relative to the folder of {path.name}, {str(path.parent.resolve())!r}, not to the current "
+                    f"folder), and that file does not exist. Correct the extends: value, relative to that folder.")
+            if target.resolve() in chain:
+                cycle = [str(p) for p in chain[chain.index(target.resolve()):]] + [str(target.resolve())]
+                raise ConfigError(f"Parameter files extend each other in a cycle: {' extends '.join(cycle)}. "
+                                  f"Remove one of these extends: entries.")
+            merged = deep_merge(merged, read_yaml(target, chain))
         data = deep_merge(merged, data)
     return data
 
@@ -140,7 +234,12 @@ def resolve_layers(*layers: Layer, extends: str | os.PathLike | Sequence[str | o
         sources.append(str(path))
     if extends:
         for name in [extends] if isinstance(extends, (str, os.PathLike)) else extends:
-            merged = deep_merge(merged, read_yaml(parameters_file(name)))
+            base_path = parameters_file(name)
+            if not base_path.is_file():
+                raise ConfigError(f"extends={str(name)!r} names no parameter file: it is read relative to "
+                                  f"parameters/ (of the current folder when it has one, else {str(PARAMETERS_DIR)!r}) "
+                                  f"and {str(base_path)!r} does not exist. Give a file of parameters/ or a path.")
+            merged = deep_merge(merged, read_yaml(base_path))
             sources.append(f"extends {name}")
     if sections:
         merged = deep_merge(merged, dict(sections))
@@ -148,7 +247,7 @@ def resolve_layers(*layers: Layer, extends: str | os.PathLike | Sequence[str | o
     profile_path = resolve_profile(profile, gpu_visible)
     profile_name = None
     if profile_path is not None:
-        merged = deep_merge(merged, read_yaml(profile_path))
+        merged = deep_merge(merged, read_yaml(profile_path, allow_empty=True))
         profile_name = profile_path.stem
         sources.append(f"profile {profile_path}")
     elif any(not isinstance(layer, dict) and _is_profile_file(Path(layer)) for layer in layers):

@@ -292,3 +292,130 @@ def test_every_shipped_parameter_file_loads_without_a_deprecation():
     # No place identity in the labels-only twin: half of the personal transitions are keyed by the POI.
     assert recommended.trees.personal_transitions
     assert not labels_only.trees.personal_transitions
+
+
+# --------------------------------------------------------------------------------------------------
+# Values that used to end in a traceback far downstream
+
+@pytest.mark.parametrize("key, value", [
+    ("optimizer.learning_rate", float("inf")), ("scheduler.max_lr", float("-inf")), ("model.dropout", float("nan")),
+    ("trees.learning_rate", float("inf")), ("embeddings.learning_rate", float("nan")),
+    ("folds.inner_val_fraction", float("nan")), ("loss.focal_gamma", float("inf")),
+])
+def test_infinite_and_nan_floats_are_refused(key, value):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=rf"{key}=(inf|-inf|nan) must be a finite number"):
+        load_config({section: {name: value}})
+
+
+def test_yaml_infinity_spellings_are_refused(tmp_path):
+    for text in (".inf", "-.inf", ".nan", ".Inf", ".NaN"):
+        path = tmp_path / "experiment.yaml"
+        path.write_text(f"scheduler: {{max_lr: {text}}}\n")
+        with pytest.raises(ConfigError, match=r"scheduler\.max_lr=.* must be a finite number"):
+            load_config(path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model": {"markov_order": 0}}, r"model\.markov_order=0 must be >= 1"),
+    ({"model": {"markov_order": -2}}, r"model\.markov_order=-2 must be >= 1"),
+    ({"model": {"model_dim": 0}}, r"model\.model_dim=0 must be >= 1"),
+    ({"model": {"hidden_dim": 0, "name": "gru"}}, r"model\.hidden_dim=0 must be >= 1"),
+    ({"model": {"feedforward_dim": -1}}, r"model\.feedforward_dim=-1 must be >= 1"),
+    ({"model": {"category_embedding_dim": 0}}, r"model\.category_embedding_dim=0 must be >= 1"),
+    ({"trees": {"max_iter": 0}}, r"trees\.max_iter=0 must be >= 1"),
+    ({"trees": {"learning_rate": 0.0}}, r"trees\.learning_rate=0\.0 must be > 0"),
+    ({"trees": {"learning_rate": -0.1}}, r"trees\.learning_rate=-0\.1 must be > 0"),
+    ({"embeddings": {"learning_rate": 0}}, r"embeddings\.learning_rate=0\.0 must be > 0"),
+    ({"folds": {"seed": -1}}, r"folds\.seed=-1 must be >= 0"),
+    ({"embeddings": {"seed": -3}}, r"embeddings\.seed=-3 must be >= 0"),
+    ({"training": {"seeds": [0, -1]}}, r"training\.seeds=\[0, -1\] .* each >= 0"),
+    ({"training": {"device": "cudax"}}, r"training\.device='cudax' must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'"),
+    ({"training": {"device": "cuda:a"}}, r"training\.device='cuda:a' must be"),
+])
+def test_out_of_range_values_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides)
+
+
+def test_odd_model_widths_with_one_head_still_load():
+    config = load_config({"model": {"model_dim": 7, "num_heads": 1}})
+    assert config.model.model_dim == 7
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "a\\b", "*?:<>|", "run\nname", "   ", "..", ".hidden", "",
+                                  "two words", "x" * 201])
+def test_unsafe_run_names_are_refused_with_the_rule(name):
+    with pytest.raises(ConfigError, match=r"name=.* cannot name a run folder: it must be one folder name of "
+                                          r"letters, digits, '\.', '_' and '-'"):
+        load_config({"name": name})
+    with pytest.raises(ConfigError, match=r"dataset\.name=.* cannot name the dataset folder: it must be one folder"):
+        load_config({"dataset": {"name": name}})
+
+
+@pytest.mark.parametrize("name", ["A", "smoke_b", "recommended-2", "v1.2", "_private", "Gowalla_TX-2024"])
+def test_safe_names_load(name):
+    config = load_config({"name": name, "dataset": {"name": name}})
+    assert config.name == name and config.dataset_name() == name
+
+
+def test_an_unsafe_data_file_stem_asks_for_dataset_name():
+    with pytest.raises(ConfigError, match=r"data file's stem 'my checkins' .*set dataset\.name to a safe name, "
+                                          r"e\.g\. dataset\.name: 'my_checkins'"):
+        load_config({"dataset": {"source": "checkins", "path": "data/my checkins.csv"}})
+    config = load_config({"dataset": {"source": "checkins", "path": "data/my checkins.csv", "name": "mine"}})
+    assert config.dataset_name() == "mine"
+    assert load_config({"dataset": {"source": "checkins", "path": "data/texas.csv"}}).dataset_name() == "texas"
+
+
+# --------------------------------------------------------------------------------------------------
+# The training device
+
+def test_a_cuda_device_without_a_gpu_is_a_device_error(monkeypatch):
+    import torch
+
+    from nextpoi_lib.errors import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0", "cuda:3"):
+        with pytest.raises(DeviceError, match=rf"training\.device='{device}' asks for a CUDA GPU, but PyTorch sees "
+                                              rf"none.*training\.device: auto.*or cpu"):
+            load_config({"training": {"device": device}})
+    assert load_config({"training": {"device": "auto"}}).training.device == "auto"
+    assert load_config({"training": {"device": "cpu"}}).training.device == "cpu"
+
+
+def test_the_real_device_check_on_this_machine():
+    import torch
+
+    from nextpoi_lib.errors import DeviceError
+
+    if torch.cuda.is_available():
+        assert load_config({"training": {"device": "cuda"}}).training.device == "cuda"
+        beyond = f"cuda:{torch.cuda.device_count()}"
+        with pytest.raises(DeviceError, match=rf"training\.device='{beyond}' asks for GPU number"):
+            load_config({"training": {"device": beyond}})
+    else:
+        with pytest.raises(DeviceError, match=r"training\.device='cuda' asks for a CUDA GPU"):
+            load_config({"training": {"device": "cuda"}})
+
+
+def test_a_gpu_beyond_the_device_count_is_a_device_error(monkeypatch):
+    import torch
+
+    from nextpoi_lib.devices import check_device
+    from nextpoi_lib.errors import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for device in ("cuda", "cuda:0", "cuda:1"):
+        assert load_config({"training": {"device": device}}).training.device == device
+    with pytest.raises(DeviceError, match=r"training\.device='cuda:2' asks for GPU number 2, but PyTorch sees 2 "
+                                          r"CUDA GPUs \(cuda:0 \.\. cuda:1\)\. Set training\.device to one of them"):
+        load_config({"training": {"device": "cuda:2"}})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DeviceError, match=r"sees 1 CUDA GPU \(cuda:0\)"):
+        check_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_device("auto")
+    check_device("cpu")

@@ -139,5 +139,77 @@ def test_bad_files_are_explained(tmp_path):
     listed = write(tmp_path / "listed.yaml", "- model\n- training\n")
     with pytest.raises(ConfigError, match=r"must hold a mapping of sections .* not a list"):
         read_yaml(listed)
-    empty = write(tmp_path / "empty.yaml", "")
-    assert read_yaml(empty) == {} and load_config(empty).name == "empty"
+    for text in ("", "# only a comment\n\n", "{}\n"):
+        empty = write(tmp_path / "empty.yaml", text)
+        with pytest.raises(ConfigError, match=r"empty\.yaml' holds no settings.*library defaults.*`extends:`"):
+            load_config(empty)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_file_that_only_extends_and_empty_profiles_load(tmp_path):
+    write(tmp_path / "base.yaml", "training: {epochs: 3}\n")
+    only = write(tmp_path / "only.yaml", "extends: base.yaml\n")
+    assert load_config(only).training.epochs == 3 and load_config(only).name == "only"
+    # Profiles may be empty (parameters/profiles/gpu.yaml is, on purpose), by name, by path or among the files.
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    empty_profile = write(profiles / "quiet.yaml", "# nothing to change\n")
+    assert load_config(only, profile=empty_profile).profile == "quiet"
+    assert load_config(only, empty_profile).name == "only"
+    elsewhere = write(tmp_path / "laptop.yaml", "")
+    assert load_config(only, profile=elsewhere).profile == "laptop"
+    assert load_config(PARAMETERS_DIR / "baseline.yaml", profile="gpu").profile == "gpu"
+
+
+@pytest.mark.parametrize("text, key, line, first", [
+    ("training: {epochs: 3}\nmodel: {name: gru}\ntraining: {batch_size: 8}\n", "'training'", 3, 1),
+    ("training:\n  epochs: 3\n  batch_size: 8\n  epochs: 4\n", "'training.epochs'", 4, 2),
+    ("model:\n  name: gru\nloss: {name: focal, name: focal}\n", "'loss.name'", 3, 3),
+])
+def test_a_key_given_twice_names_the_file_line_and_key(tmp_path, text, key, line, first):
+    path = write(tmp_path / "twice.yaml", text)
+    with pytest.raises(ConfigError, match=rf"twice\.yaml', line {line}: the key {key} is given twice in one mapping "
+                                          rf"\(first on line {first}\).*merge the two"):
+        read_yaml(path)
+
+
+def test_the_same_key_in_different_sections_and_merge_keys_are_fine(tmp_path):
+    path = write(tmp_path / "fine.yaml", "model: {name: gru}\nloss: {name: focal}\n"
+                                          "base: &base {epochs: 3, batch_size: 8}\n")
+    assert read_yaml(path)["loss"] == {"name": "focal"}
+    merged = write(tmp_path / "merged.yaml", "a: &a {epochs: 3, batch_size: 8}\ntraining: {<<: *a, epochs: 4}\n")
+    assert read_yaml(merged)["training"] == {"epochs": 4, "batch_size": 8}
+
+
+def test_extends_cycles_name_the_chain(tmp_path):
+    write(tmp_path / "a.yaml", "extends: b.yaml\ntraining: {epochs: 3}\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\ntraining: {epochs: 4}\n")
+    with pytest.raises(ConfigError, match=r"cycle: .*a\.yaml extends .*b\.yaml extends .*a\.yaml\. Remove one"):
+        load_config(tmp_path / "a.yaml")
+    write(tmp_path / "self.yaml", "extends: self.yaml\nmodel: {name: gru}\n")
+    with pytest.raises(ConfigError, match=r"cycle: .*self\.yaml extends .*self\.yaml\."):
+        load_config(tmp_path / "self.yaml")
+    # Two files extending one base (a diamond) is no cycle.
+    write(tmp_path / "root.yaml", "training: {epochs: 2}\n")
+    write(tmp_path / "left.yaml", "extends: root.yaml\nmodel: {name: gru}\n")
+    write(tmp_path / "right.yaml", "extends: root.yaml\nloss: {name: focal}\n")
+    both = write(tmp_path / "both.yaml", "extends: [left.yaml, right.yaml]\ntraining: {batch_size: 8}\n")
+    assert read_yaml(both) == {"training": {"epochs": 2, "batch_size": 8}, "model": {"name": "gru"},
+                               "loss": {"name": "focal"}}
+
+
+def test_a_missing_extends_names_the_including_file_and_the_resolved_path(tmp_path):
+    sub = tmp_path / "experiments"
+    sub.mkdir()
+    child = write(sub / "child.yaml", "extends: ../bases/base.yaml\nmodel: {name: gru}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(child)
+    message = str(caught.value)
+    assert str(child) in message and "extends '../bases/base.yaml'" in message
+    assert str((tmp_path / "bases" / "base.yaml").resolve()) in message and "not to the current folder" in message
+    assert str(sub.resolve()) in message
+    bad = write(sub / "bad.yaml", "extends: 3\nmodel: {name: gru}\n")
+    with pytest.raises(ConfigError, match=r"extends=3 must be a file name or a list of file names"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"extends='no_such_base\.yaml' names no parameter file.*parameters/"):
+        load_config({}, extends="no_such_base.yaml")
