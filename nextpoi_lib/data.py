@@ -4,12 +4,20 @@ Canonical columns: user_id (str), poi_id (str), timestamp (datetime64), latitude
 category (str). Sources: the embedded Foursquare New York sample of the `mat-data` package (GPL-3 data,
 read from the installed package, never copied here), any CSV/parquet check-in table with named columns,
 and our users' precomputed `next.parquet` window file (see `load_next_parquet`).
+
+Bad data is refused with a `DataError` naming the file/column and the fix, before any expensive work: a path
+that is a directory, a file that is not the CSV/parquet its name says, numeric timestamps without
+`dataset.timestamp_unit`, several UTC offsets (or naive mixed with offset-aware) in one timestamp column,
+coordinates outside [-90, 90] / [-180, 180], a single class. Exact duplicate rows are dropped (and counted) or
+kept as `dataset.duplicate_rows` says.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +42,7 @@ class CheckinTable:
     name: str
     data_hash: str
     dropped_users: int = 0
+    dropped_duplicate_rows: int = 0  # exact duplicate rows removed (dataset.duplicate_rows: drop)
 
     @property
     def category_index(self) -> np.ndarray:
@@ -49,6 +58,9 @@ class CheckinTable:
 
 def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"Data file {str(path)!r} is a directory, not a file. Point dataset.path at the CSV or "
+                        f"parquet file inside it.")
     if not path.is_file():
         raise DataError(f"Data file {str(path)!r} does not exist. Check dataset.path in the parameter file.")
     if path.stat().st_size == 0:
@@ -64,10 +76,28 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError as error:
         raise DataError(f"Data file {str(path)!r} has no columns or rows. Point dataset.path at a file "
                         f"with check-ins.") from error
+    except (UnicodeDecodeError, pd.errors.ParserError, OSError) as error:
+        # A binary file (or a broken compressed one) named .csv: the CSV reader cannot decode or split it.
+        raise DataError(f"Data file {str(path)!r} (dataset.path) cannot be read as a CSV text table "
+                        f"({_short(error)}). It should be comma-separated UTF-8 text "
+                        f"with a header row; a parquet file must be named .parquet.") from error
+    except ValueError as error:
+        if suffix != ".parquet" or isinstance(error, DataError):
+            raise
+        # pyarrow's ArrowInvalid (a ValueError): the file is not parquet (e.g. a CSV renamed to .parquet).
+        raise DataError(f"Data file {str(path)!r} (dataset.path) is not a valid parquet file "
+                        f"({_short(error)}). It should be a parquet file written by "
+                        f"pandas/pyarrow; a CSV file must be named .csv.") from error
     if len(frame) == 0:
         raise DataError(f"Data file {str(path)!r} has a header but no rows. Point dataset.path at a file "
                         f"with check-ins.")
     return frame
+
+
+def _short(error: BaseException) -> str:
+    """The error's type and first sentence (the readers' messages run on), for a one-paragraph message."""
+    text = str(error).split(". ")[0].strip()
+    return f"{type(error).__name__}: {text[:150]}"
 
 
 def foursquare_sample_path() -> Path:
@@ -101,6 +131,100 @@ def load_foursquare_nyc() -> pd.DataFrame:
     })
 
 
+# A time of day followed by a UTC offset (Z, +02, +0200, +02:00) at the end of a date-time text.
+_OFFSET = re.compile(r"\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(Z|[+-]\d{2}(?::?\d{2})?)\s*$", re.IGNORECASE)
+
+
+def _normal_offset(offset: str) -> str:
+    if offset.upper() == "Z":
+        return "+00:00"
+    digits = offset[1:].replace(":", "")
+    return f"{offset[0]}{digits[:2]}:{(digits[2:] or '00')}"
+
+
+def _looks_numeric(values: pd.Series) -> bool:
+    present = values.dropna()
+    if present.empty:
+        return False
+    if pd.api.types.is_bool_dtype(present):
+        return False
+    if pd.api.types.is_numeric_dtype(present):
+        return True
+    head = present.iloc[:100]
+    if (not head.map(lambda v: isinstance(v, str)).all()
+            or pd.to_numeric(head.str.strip(), errors="coerce").isna().any()):
+        return False  # quick answer for the common case, date-time text
+    if present.map(lambda v: isinstance(v, str)).all():
+        return bool(pd.to_numeric(present.str.strip(), errors="coerce").notna().all())
+    return False
+
+
+def parse_timestamps(values: pd.Series, column: str, unit: str | None, source_name: str) -> pd.Series:
+    """The timestamp column as datetime64 (invalid entries NaT, counted later by validate_checkins).
+
+    Numbers are seconds/milliseconds since 1970 (UTC) only when dataset.timestamp_unit says so; date-times
+    with several UTC offsets, or naive ones mixed with offset-aware ones, are refused: their order and hour
+    of day would be ambiguous.
+    """
+    where = f"The timestamp column {column!r} (dataset.timestamp_column) of {source_name}"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        # Already date-times (e.g. from parquet), naive or in one time zone.
+        return values
+    if _looks_numeric(values):
+        if unit is None:
+            example = values.dropna().iloc[0]
+            example = example.item() if isinstance(example, np.generic) else example
+            raise DataError(f"{where} holds numbers (e.g. {example!r}), not date-times. If they are seconds or "
+                            f"milliseconds since 1970 (UTC), set dataset.timestamp_unit: s or ms in the parameter "
+                            f"file; otherwise write ISO date-times such as 2012-04-03 18:00:09.")
+        numbers = values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(
+            values.astype("string").str.strip(), errors="coerce")
+        try:
+            return pd.to_datetime(numbers, unit=unit, errors="raise")
+        except (ValueError, OverflowError) as error:
+            other = "ms" if unit == "s" else "s"
+            raise DataError(f"{where} holds numbers that are not valid {'seconds' if unit == 's' else 'milliseconds'}"
+                            f" since 1970 with dataset.timestamp_unit: {unit} ({error}). Check the unit (perhaps "
+                            f"dataset.timestamp_unit: {other}) or the values.") from error
+    if unit is not None:
+        example = values.dropna().iloc[0] if values.notna().any() else None
+        raise DataError(f"dataset.timestamp_unit: {unit} reads numbers, but {where[0].lower() + where[1:]} holds "
+                        f"text such as "
+                        f"{example!r}. Remove dataset.timestamp_unit to read date-times, or give numbers.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas' notices about mixed zones and per-element parsing
+            parsed = pd.to_datetime(values, errors="coerce")
+    except (ValueError, TypeError):  # newer pandas refuses mixed time zones outright
+        parsed = None
+    if (parsed is not None and pd.api.types.is_datetime64_any_dtype(parsed)
+            and not (parsed.isna() & values.notna()).any()):
+        # Every value parsed with one format: naive, or all in one UTC offset. Nothing more to check.
+        return parsed
+    # Some values did not parse, or pandas gave up on one dtype: tell time-zone trouble from bad values.
+    text = values.dropna().astype(str)
+    distinct = pd.Series(text.unique())
+    offsets = distinct.str.extract(_OFFSET)[0]
+    aware = offsets.notna()
+    if aware.any():
+        if not aware.all():
+            raise DataError(f"{where} mixes date-times with a UTC offset (e.g. {distinct[aware].iloc[0]!r}) and "
+                            f"date-times without one (e.g. {distinct[~aware].iloc[0]!r}), so their order and hour "
+                            f"of day are ambiguous across time zones. Convert every timestamp to one time zone and "
+                            f"write them all with the same offset, or strip the offsets (local time) from all.")
+        found = sorted(set(offsets[aware].map(_normal_offset)))
+        if len(found) > 1:
+            raise DataError(f"{where} has timestamps with {len(found)} different UTC offsets ({', '.join(found[:5])}"
+                            f"{' ...' if len(found) > 5 else ''}), i.e. several time zones in one column. Convert "
+                            f"every timestamp to one time zone (e.g. UTC) before loading, or strip the offsets to "
+                            f"keep local times.")
+    if parsed is None or not pd.api.types.is_datetime64_any_dtype(parsed):
+        # Objects with different time zones that the text check did not see (e.g. datetime objects).
+        raise DataError(f"{where} has timestamps in different time zones (UTC offsets). Convert every timestamp "
+                        f"to one time zone (e.g. UTC) before loading, or strip the offsets to keep local times.")
+    return parsed  # values that are no date-time are NaT, counted (with the fix) by validate_checkins
+
+
 def canonicalise(raw: pd.DataFrame, config: DatasetConfig, source_name: str) -> pd.DataFrame:
     """Rename the configured columns of a check-in table to the canonical ones, with clear errors."""
     mapping = {
@@ -131,7 +255,8 @@ def canonicalise(raw: pd.DataFrame, config: DatasetConfig, source_name: str) -> 
         frame["poi_id"] = frame["latitude"].round(6).astype(str) + " " + frame["longitude"].round(6).astype(str)
     frame["user_id"] = frame["user_id"].astype(str)
     frame["poi_id"] = frame["poi_id"].astype(str)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], errors="coerce")
+    frame["timestamp"] = parse_timestamps(frame["timestamp"], config.timestamp_column, config.timestamp_unit,
+                                          source_name)
     frame["category"] = frame["category"].astype("string")
     if "subcategory" in frame:
         frame["subcategory"] = frame["subcategory"].astype("string")  # a missing value stays missing: code -1
@@ -147,6 +272,15 @@ def validate_checkins(frame: pd.DataFrame, source_name: str, classes: list[str] 
         if bad.any():
             raise DataError(f"{int(bad.sum())} of {len(frame)} rows of {source_name} have no valid {column} "
                             f"(first at row {int(np.flatnonzero(bad.to_numpy())[0])}); {fix}.")
+    for column, limit in (("latitude", 90.0), ("longitude", 180.0)):
+        values = frame[column].to_numpy(np.float64)
+        outside = np.flatnonzero(np.abs(values) > limit)
+        if len(outside):
+            examples = ", ".join(f"row {int(row)}: {values[row]:g}" for row in outside[:3])
+            raise DataError(f"{len(outside)} of {len(frame)} rows of {source_name} have a {column} outside "
+                            f"[-{limit:g}, {limit:g}] ({examples}). The {column} column must hold decimal degrees; "
+                            f"check that latitude and longitude are not swapped (dataset.latitude_column, "
+                            f"dataset.longitude_column) and fix or drop those rows.")
     if classes is not None:
         unknown = sorted(set(frame["category"].astype(str)) - set(classes))
         if unknown:
@@ -170,9 +304,13 @@ def load_checkins(config: DatasetConfig, dataset_name: str) -> CheckinTable:
     if config.source == "foursquare_nyc":
         frame = load_foursquare_nyc()
         source_name = "the embedded Foursquare New York sample"
+        # No row of the sample is an exact duplicate; checked like a file all the same.
+        frame, dropped_duplicates = drop_duplicate_rows(frame, config.duplicate_rows)
     elif config.source == "checkins":
         source_name = f"check-in table {config.path!r}"
-        frame = canonicalise(read_table(config.path), config, source_name)
+        # Exact duplicates are judged on every column of the file, before any column is dropped.
+        raw, dropped_duplicates = drop_duplicate_rows(read_table(config.path), config.duplicate_rows)
+        frame = canonicalise(raw, config, source_name)
     else:
         raise DataError(f"dataset.source={config.source!r} holds windows, not check-ins; use load_next_parquet.")
     classes = validate_checkins(frame, source_name, getattr(config, "classes", None))
@@ -188,8 +326,29 @@ def load_checkins(config: DatasetConfig, dataset_name: str) -> CheckinTable:
     frame = frame.sort_values(["user_id", "timestamp"], kind="mergesort").reset_index(drop=True)
     if getattr(config, "classes", None) is None:
         classes = [name for name in classes if name in set(frame["category"])]
+    check_several_classes(frame["category"], f"The category column {config.category_column!r} "
+                          f"(dataset.category_column) of {source_name}")
     return CheckinTable(frame=frame, classes=classes, name=dataset_name, data_hash=frame_hash(frame),
-                        dropped_users=dropped_users)
+                        dropped_users=dropped_users, dropped_duplicate_rows=dropped_duplicates)
+
+
+def drop_duplicate_rows(frame: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, int]:
+    """`dataset.duplicate_rows`: "drop" keeps the first of each set of exact duplicate rows (every column
+    equal) and returns how many it dropped; "keep" returns the frame as it is (and 0)."""
+    if policy == "keep":
+        return frame, 0
+    duplicated = frame.duplicated(keep="first")
+    n = int(duplicated.sum())
+    return (frame.loc[~duplicated].reset_index(drop=True) if n else frame), n
+
+
+def check_several_classes(labels: pd.Series, where: str) -> None:
+    """At least two classes: with one, every prediction is right and macro-F1 is trivially 1.0."""
+    found = pd.unique(labels.astype(str))
+    if len(found) < 2:
+        raise DataError(f"{where} has a single class ({', '.join(map(repr, found))}) after loading, so there is "
+                        f"nothing to predict (macro-F1 would be trivially 1.0). Use data with at least two "
+                        f"categories, or check that the right column holds them.")
 
 
 def poi_table(checkins: CheckinTable) -> pd.DataFrame:
@@ -240,5 +399,6 @@ def load_next_parquet(path: str | Path, length: int = 9) -> NextParquet:
     if labels.isin(["nan", "None", ""]).any():
         raise DataError(f"{int(labels.isin(['nan', 'None', '']).sum())} windows of {source_name} have no "
                         f"next_category. Drop those rows.")
+    check_several_classes(labels, f"The next_category column of {source_name}")
     return NextParquet(features=values.reshape(len(frame), length, n_features // length),
                        labels=labels.tolist(), users=frame["userid"].astype(str).to_numpy())

@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .data import DataError
+
 __all__ = [
     "build_spatial_graph",
     "compute_dgi_embeddings",
@@ -539,17 +541,32 @@ def cached_dgi_embeddings(
 
 def _read_table(path: Path, id_column: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix == ".csv":
+    if suffix not in (".parquet", ".pq", ".csv"):
+        raise DataError(
+            f"Cannot read embedding table {path} (embeddings.path): unsupported file type "
+            f"{path.suffix!r}. Save the table as .parquet or .csv (id column {id_column!r} plus "
+            f"columns '0', '1', ...)."
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"Embedding table {path} (embeddings.path) is empty (0 bytes). Write the POI "
+                        f"vectors to it, or point embeddings.path at the right file.")
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
         # Read everything as text: ids keep leading zeros and exact spelling (they must match the
         # check-in table's ids), and feature columns go through the same to_numeric check as
         # string-typed parquet columns.
         return pd.read_csv(path, dtype=str, keep_default_na=True)
-    raise ValueError(
-        f"Cannot read embedding table {path}: unsupported file type {path.suffix!r}. Save the "
-        f"table as .parquet or .csv (id column {id_column!r} plus columns '0', '1', ...)."
-    )
+    except pd.errors.EmptyDataError as error:
+        raise DataError(f"Embedding table {path} (embeddings.path) has no columns or rows. Write the POI "
+                        f"vectors to it, or point embeddings.path at the right file.") from error
+    except (ValueError, OSError) as error:  # UnicodeDecodeError, ParserError, pyarrow's ArrowInvalid
+        kind = "a parquet file" if suffix != ".csv" else "comma-separated UTF-8 text with a header row"
+        raise DataError(
+            f"Embedding table {path} (embeddings.path) cannot be read ({type(error).__name__}: "
+            f"{str(error).split('. ')[0][:150]}). It should be {kind}, with an id column (embeddings.id_column) and "
+            f"columns '0', '1', ...; check the file and its suffix."
+        ) from error
 
 
 def load_embedding_table(
@@ -560,32 +577,35 @@ def load_embedding_table(
     The file holds an id column (``id_column``) and feature columns named ``"0"`` .. ``"D-1"``;
     other columns (e.g. ``category``) are ignored. Feature columns stored as strings are converted
     to numbers. Returns a float32 DataFrame indexed by the ids as strings (index name ``poi_id``)
-    with columns ``"0"`` .. ``"D-1"``. Raises ValueError with the problem and its fix when the file
+    with columns ``"0"`` .. ``"D-1"``. Raises DataError (a ValueError) with the problem and its fix when the file
     is missing or malformed, when ``dim`` is given and differs from D, for NaN/inf values and for
     duplicate ids.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"Embedding table {path} is a directory, not a file. Point embeddings.path at "
+                        f"the parquet or CSV file of vectors.")
     if not path.is_file():
-        raise ValueError(
-            f"Embedding table {path} does not exist (or is not a file). Check the path in the "
-            f"configuration; relative paths are resolved from the current directory "
+        raise DataError(
+            f"Embedding table {path} does not exist (or is not a file). Check embeddings.path in "
+            f"the parameter file; relative paths are resolved from the current directory "
             f"({Path.cwd()})."
         )
     table = _read_table(path, id_column)
-    where = f"Embedding table {path}"
+    where = f"Embedding table {path} (embeddings.path)"
 
     if id_column not in table.columns:
-        raise ValueError(
+        raise DataError(
             f"{where} has no id column {id_column!r}; columns found: "
-            f"{_examples([str(c) for c in table.columns], 20)}. Pass id_column=<the column that "
-            f"holds the POI ids>."
+            f"{_examples([str(c) for c in table.columns], 20)}. Set embeddings.id_column to the "
+            f"column that holds the POI ids."
         )
     if len(table) == 0:
-        raise ValueError(f"{where} has no rows. Write at least one POI vector to it.")
+        raise DataError(f"{where} has no rows. Write at least one POI vector to it.")
 
     feature_names = [c for c in table.columns if isinstance(c, str) and _FEATURE_NAME.match(c)]
     if not feature_names:
-        raise ValueError(
+        raise DataError(
             f"{where} has no feature columns named '0', '1', ...; columns found: "
             f"{_examples([str(c) for c in table.columns], 20)}. Name the vector components "
             f"'0' .. 'D-1' (e.g. df.columns = [str(i) for i in range(D)])."
@@ -596,17 +616,17 @@ def load_embedding_table(
     if set(feature_names) != canonical:
         missing = sorted(canonical - set(feature_names), key=int)
         odd = sorted(set(feature_names) - canonical, key=lambda c: (int(c), c))
-        raise ValueError(
+        raise DataError(
             f"{where} has feature columns that are not exactly '0' .. '{d - 1}': missing "
             f"{_examples(missing) or 'none'}; unexpected {_examples(odd) or 'none'} (numbers found "
             f"run from {numbers[0]} to {numbers[-1]}). Rename the {d} feature columns to "
             f"'0' .. '{d - 1}' without gaps or leading zeros."
         )
     if dim is not None and d != dim:
-        raise ValueError(
-            f"{where} has {d} feature columns ('0' .. '{d - 1}') but dim={dim} was requested. "
-            f"Set dim to {d} (or leave it unset), or point to a table with {dim}-dimensional "
-            f"vectors."
+        raise DataError(
+            f"{where} has {d} feature columns ('0' .. '{d - 1}') but embeddings.dim={dim} was "
+            f"requested. Set embeddings.dim: {d}, or point embeddings.path at a table with "
+            f"{dim}-dimensional vectors."
         )
 
     ordered = [str(i) for i in range(d)]
@@ -615,17 +635,18 @@ def load_embedding_table(
         try:
             columns[name] = pd.to_numeric(table[name], errors="raise")
         except (ValueError, TypeError) as exc:
-            raise ValueError(
+            raise DataError(
                 f"{where}: feature column {name!r} holds values that are not numbers ({exc}). "
-                f"Fix or remove those values; every column '0' .. '{d - 1}' must be numeric."
+                f"Fix or remove those values; every column '0' .. '{d - 1}' of embeddings.path must be numeric."
             ) from None
     values = pd.DataFrame(columns).to_numpy(dtype=np.float64)
 
     raw_ids = table[id_column]
     if raw_ids.isna().any():
-        raise ValueError(
+        raise DataError(
             f"{where}: {int(raw_ids.isna().sum())} row(s) have an empty {id_column!r}. Every "
-            f"vector needs the id of its POI; drop those rows or fill in the ids."
+            f"vector needs the id of its POI; drop those rows or fill in the ids (or check "
+            f"embeddings.id_column)."
         )
     if pd.api.types.is_float_dtype(raw_ids) and np.all(np.mod(raw_ids.to_numpy(), 1) == 0):
         # Integer ids saved through a float column would otherwise become "123.0" and never match
@@ -635,15 +656,17 @@ def load_embedding_table(
 
     bad_rows = ~np.isfinite(values).all(axis=1)
     if bad_rows.any():
-        raise ValueError(
+        raise DataError(
             f"{where}: {int(bad_rows.sum())} row(s) contain NaN or infinite values (e.g. "
-            f"{id_column} {_examples(ids[bad_rows].tolist())}). Recompute or drop those vectors."
+            f"{id_column} {_examples(ids[bad_rows].tolist())}). Recompute or drop those vectors in "
+            f"the file of embeddings.path."
         )
     dup = ids[ids.duplicated(keep=False)]
     if len(dup):
-        raise ValueError(
+        raise DataError(
             f"{where}: {dup.nunique()} id(s) in {id_column!r} appear more than once (e.g. "
-            f"{_examples(dup.unique())}). Keep one vector per POI."
+            f"{_examples(dup.unique())}). Keep one vector per POI in the file of embeddings.path "
+            f"(or check embeddings.id_column)."
         )
     return pd.DataFrame(
         values.astype(np.float32),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -53,12 +54,15 @@ class FoldManifest:
         }
 
 
-def _user_folds(users: np.ndarray, labels: np.ndarray, n_splits: int, seed: int) -> dict[str, int]:
-    """Map each user to one of n_splits folds, stratified by label over samples."""
+def _user_folds(users: np.ndarray, labels: np.ndarray, n_splits: int, seed: int,
+                too_few: str | None = None) -> dict[str, int]:
+    """Map each user to one of n_splits folds, stratified by label over samples. `too_few`: the message when
+    there are fewer users than parts ({n_users} is filled in); by default the outer folds' one."""
     n_users = len(np.unique(users))
     if n_users < n_splits:
-        raise DataError(f"Only {n_users} users, fewer than folds.n_splits={n_splits}: user-grouped folds need at "
-                        f"least one user per fold. Lower folds.n_splits or add data.")
+        raise DataError((too_few or "Only {n_users} users, fewer than folds.n_splits=" + str(n_splits) +
+                         ": user-grouped folds need at least one user per fold. Lower folds.n_splits or add "
+                         "data.").format(n_users=n_users))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     assignment: dict[str, int] = {}
     for fold, (_, test) in enumerate(splitter.split(np.zeros(len(users)), labels, groups=users)):
@@ -67,28 +71,56 @@ def _user_folds(users: np.ndarray, labels: np.ndarray, n_splits: int, seed: int)
     return assignment
 
 
+@dataclass
+class UserAssignment:
+    """Which users test in which outer fold, and which training users validate inside each fold."""
+    outer: dict[str, int]  # user -> outer fold
+    inner: list[dict[str, int]]  # per outer fold: training user -> inner part (part 0 validates)
+    sample_users: np.ndarray  # the samples the assignment was stratified on
+    sample_labels: np.ndarray
+
+
+def assign_users(sample_users: np.ndarray, sample_labels: np.ndarray, config: FoldConfig) -> UserAssignment:
+    """The user-grouped assignment of `make_fold_manifest`, from the samples alone (no windows needed): cheap,
+    so a data set with too few users is refused before any expensive work."""
+    sample_users = np.asarray(sample_users).astype(str)
+    sample_labels = np.asarray(sample_labels)
+    inner_splits = max(2, int(round(1.0 / config.inner_val_fraction)))
+    outer = _user_folds(sample_users, sample_labels, config.n_splits, config.seed)
+    sample_fold = np.array([outer[user] for user in sample_users])
+    inner = []
+    for fold in range(config.n_splits):
+        training_samples = sample_fold != fold
+        too_few = (f"Only {{n_users}} training users in fold {fold}, fewer than the {inner_splits} parts the inner "
+                   f"validation split needs (folds.inner_val_fraction={config.inner_val_fraction}). Raise "
+                   f"folds.inner_val_fraction, lower folds.n_splits, or add users.")
+        inner.append(_user_folds(sample_users[training_samples], sample_labels[training_samples], inner_splits,
+                                 config.seed + 1 + fold, too_few))
+    return UserAssignment(outer=outer, inner=inner, sample_users=sample_users, sample_labels=sample_labels)
+
+
 def make_fold_manifest(window_users: np.ndarray, window_targets: np.ndarray, config: FoldConfig, data_hash: str,
                        assignment_users: np.ndarray | None = None,
-                       assignment_labels: np.ndarray | None = None) -> FoldManifest:
+                       assignment_labels: np.ndarray | None = None,
+                       assignment: UserAssignment | None = None) -> FoldManifest:
     """Build the folds for windows (users, targets).
 
     `assignment_users/labels` are the samples the user-to-fold assignment is stratified on (by default the
     check-ins, so folds do not depend on window settings); when absent, the windows themselves are used.
+    `assignment`: that assignment already made by `assign_users` (the same folds, computed earlier).
     """
     window_users = np.asarray(window_users).astype(str)
     window_targets = np.asarray(window_targets)
-    inner_splits = max(2, int(round(1.0 / config.inner_val_fraction)))
     folds: list[Fold] = []
     if config.strategy == "user_grouped":
-        sample_users = window_users if assignment_users is None else np.asarray(assignment_users).astype(str)
-        sample_labels = window_targets if assignment_labels is None else np.asarray(assignment_labels)
-        outer = _user_folds(sample_users, sample_labels, config.n_splits, config.seed)
+        if assignment is None:
+            sample_users = window_users if assignment_users is None else np.asarray(assignment_users).astype(str)
+            sample_labels = window_targets if assignment_labels is None else np.asarray(assignment_labels)
+            assignment = assign_users(sample_users, sample_labels, config)
+        outer = assignment.outer
         window_fold = np.array([outer.get(user, -1) for user in window_users])
-        sample_fold = np.array([outer[user] for user in sample_users])
         for fold in range(config.n_splits):
-            training_samples = sample_fold != fold
-            inner = _user_folds(sample_users[training_samples], sample_labels[training_samples], inner_splits,
-                                config.seed + 1 + fold)
+            inner = assignment.inner[fold]
             inner_val_users = sorted(user for user, part in inner.items() if part == 0)
             is_inner_val = np.isin(window_users, inner_val_users)
             test_index = np.flatnonzero(window_fold == fold)
@@ -118,3 +150,33 @@ def make_fold_manifest(window_users: np.ndarray, window_targets: np.ndarray, con
     }, sort_keys=True).encode()).hexdigest()[:16]
     return FoldManifest(strategy=config.strategy, n_splits=config.n_splits, seed=config.seed,
                         inner_val_fraction=config.inner_val_fraction, hash=digest, folds=folds)
+
+
+RARE_CLASS_THRESHOLD = 5  # fewer training targets than this in a fold: that class's F1 there rests on little
+
+
+def rare_class_message(manifest: FoldManifest, targets: np.ndarray, classes: list[str],
+                       threshold: int = RARE_CLASS_THRESHOLD) -> str | None:
+    """One paragraph naming every class with fewer than `threshold` training targets in some fold (with its
+    count in every fold), or None when there is none."""
+    targets = np.asarray(targets)
+    counts = np.stack([np.bincount(targets[fold.train_index], minlength=len(classes))[:len(classes)]
+                       for fold in manifest.folds])  # [folds, classes]
+    rare = [index for index in range(len(classes)) if (counts[:, index] < threshold).any()]
+    if not rare:
+        return None
+    described = "; ".join(f"{classes[index]!r} (" + ", ".join(f"fold {fold.fold}: {int(counts[f, index])}"
+                                                                   for f, fold in enumerate(manifest.folds)) + ")"
+                          for index in rare)
+    return (f"{len(rare)} of {len(classes)} classes have fewer than {threshold} training targets in at least one "
+            f"fold, so a model sees almost no example of them there and their per-class F1 (and the macro-F1) "
+            f"is noisy: {described}. Merge or drop rare categories in the data (or dataset.classes), add data, "
+            f"or use fewer folds (folds.n_splits).")
+
+
+def warn_rare_classes(manifest: FoldManifest, targets: np.ndarray, classes: list[str],
+                      threshold: int = RARE_CLASS_THRESHOLD) -> None:
+    """`warnings.warn` (UserWarning) the paragraph of `rare_class_message`, when there is one."""
+    message = rare_class_message(manifest, targets, classes, threshold)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=2)

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from .config import ExperimentConfig
 from .data import load_checkins, load_next_parquet, poi_table
+from .devices import resolve_device
 from .embeddings import cached_dgi_embeddings, load_embedding_table
-from .folds import FoldManifest, make_fold_manifest
+from .folds import FoldManifest, assign_users, make_fold_manifest, warn_rare_classes
 from .progress import Progress
 from .windows import WindowSet, build_windows, windows_from_next_parquet
 
@@ -46,7 +46,9 @@ def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress, 
         return pd.DataFrame(index=pd.Index(pois["poi_id"], name="poi_id"))
     if e.source == "table":
         return load_embedding_table(e.path, id_column=e.id_column, dim=e.dim)
-    device = "cuda" if config.training.device != "cpu" and torch.cuda.is_available() else "cpu"
+    # DGI follows the training device to a CUDA GPU; on Apple's MPS and the CPU it runs on the CPU (its sparse
+    # graph products have no MPS kernels in the torch_geometric we pin).
+    device = "cuda" if resolve_device(config.training.device).type == "cuda" else "cpu"
     cache_dir = Path(config.output.root) / ".cache" / "embeddings"
     progress(f"POI embeddings: Deep Graph Infomax on a {e.graph} graph of {len(pois)} POIs (cached in {cache_dir})")
     return cached_dgi_embeddings(pois, checkins.classes, cache_dir=cache_dir, dim=e.dim, graph=e.graph,
@@ -68,14 +70,21 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
         data_hash = file_hash(Path(config.dataset.path))
         manifest = make_fold_manifest(windows.users, windows.target, config.folds, data_hash)
     else:
+        # Cheap checks first (the check-ins, then users vs folds), so bad data is refused before the POI
+        # embeddings (minutes of DGI training) are computed.
         checkins = load_checkins(config.dataset, dataset_name)
+        assignment = None
+        if config.folds.strategy == "user_grouped":
+            # The same assignment make_fold_manifest would make from the check-ins, made before the embeddings.
+            assignment = assign_users(checkins.frame["user_id"].to_numpy(), checkins.category_index, config.folds)
         embeddings = embedding_table_for(config, checkins, progress, with_embeddings)
         windows = build_windows(checkins, embeddings, config.windows.length, config.windows.stride,
                                 config.embeddings.missing)
         data_hash = checkins.data_hash
         manifest = make_fold_manifest(windows.users, windows.target, config.folds, data_hash,
                                       assignment_users=checkins.frame["user_id"].to_numpy(),
-                                      assignment_labels=checkins.category_index)
+                                      assignment_labels=checkins.category_index, assignment=assignment)
+    warn_rare_classes(manifest, windows.target, windows.classes)
     report = windows.report
     progress(f"Data {dataset_name}: {report['n_windows']} windows of {windows.length} visits from "
              f"{report['n_users']} users, {len(windows.classes)} classes"

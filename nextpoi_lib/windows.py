@@ -169,6 +169,7 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
         "n_users": int(len(np.unique(window_user))),
         "n_checkins": int(len(frame)),
         "dropped_users_min_checkins": checkins.dropped_users,
+        "dropped_duplicate_rows": checkins.dropped_duplicate_rows,
         "missing_embedding_visits": n_missing,
         "missing_embedding_policy": missing,
         "dropped_windows_missing_embedding": dropped_windows,

@@ -127,3 +127,104 @@ def test_next_parquet_errors(tmp_path):
     frame.to_parquet(path)
     with pytest.raises(DataError, match="NaN or infinite"):
         load_next_parquet(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad data: duplicates, numeric timestamps, time zones, file problems, coordinates, classes
+
+
+def write(tmp_path, frame, name="c.csv"):
+    path = tmp_path / name
+    frame.to_parquet(path) if name.endswith(".parquet") else frame.to_csv(path, index=False)
+    return path
+
+
+def test_exact_duplicate_rows_are_dropped_and_counted(tmp_path):
+    frame = synthetic_checkins(n_users=3, visits_per_user=6)
+    doubled = pd.concat([frame, frame.iloc[[0, 4, 4]]]).sort_index(kind="mergesort")
+    path = write(tmp_path, doubled)
+    table = load_checkins(gowalla(path), "toy")
+    assert table.dropped_duplicate_rows == 3 and len(table.frame) == len(frame)
+    assert table.data_hash == load_checkins(gowalla(write(tmp_path, frame, "clean.csv")), "toy").data_hash
+    kept = load_checkins(DatasetConfig(source="checkins", path=str(path), duplicate_rows="keep"), "toy")
+    assert kept.dropped_duplicate_rows == 0 and len(kept.frame) == len(frame) + 3
+    # Rows that differ in any column, even one the library does not read, are not duplicates.
+    extra = doubled.assign(note=np.arange(len(doubled)))
+    assert load_checkins(gowalla(write(tmp_path, extra, "extra.csv")), "toy").dropped_duplicate_rows == 0
+
+
+@pytest.mark.parametrize("unit, scale", [("s", 10**9), ("ms", 10**6)])
+def test_numeric_timestamps_with_a_unit_are_seconds_or_milliseconds_since_1970(tmp_path, unit, scale):
+    frame = synthetic_checkins(n_users=3, visits_per_user=6)
+    expected = load_checkins(gowalla(write(tmp_path, frame, "iso.csv")), "toy").frame
+    numeric = frame.assign(datetime=frame["datetime"].astype("int64") // scale)
+    config = DatasetConfig(source="checkins", path=str(write(tmp_path, numeric)), timestamp_unit=unit)
+    pd.testing.assert_series_equal(load_checkins(config, "toy").frame["timestamp"], expected["timestamp"])
+
+
+def test_numeric_timestamps_without_a_unit_are_refused(tmp_path):
+    frame = synthetic_checkins(n_users=3, visits_per_user=6)
+    path = write(tmp_path, frame.assign(datetime=frame["datetime"].astype("int64") // 10**9))
+    with pytest.raises(DataError, match=r"'datetime' \(dataset.timestamp_column\).*holds numbers.*"
+                                        r"set dataset.timestamp_unit: s or ms"):
+        load_checkins(gowalla(path), "toy")
+    config = DatasetConfig(source="checkins", path=str(write(tmp_path, frame, "iso.csv")), timestamp_unit="s")
+    with pytest.raises(DataError, match="Remove dataset.timestamp_unit"):
+        load_checkins(config, "toy")
+
+
+def test_one_utc_offset_is_kept(tmp_path):
+    frame = synthetic_checkins(n_users=3, visits_per_user=6)
+    path = write(tmp_path, frame.assign(datetime=frame["datetime"].astype(str) + "+02:00"))
+    timestamps = load_checkins(gowalla(path), "toy").frame["timestamp"]
+    assert str(timestamps.dt.tz) == "UTC+02:00"
+    assert sorted(timestamps.dt.hour) == sorted(frame["datetime"].dt.hour)
+
+
+@pytest.mark.parametrize("suffixes, fragment", [
+    (("+02:00", "-05:00"), "2 different UTC offsets"),
+    (("Z", "+01"), r"2 different UTC offsets \(\+00:00, \+01:00\)"),
+    (("", "+02:00"), "mixes date-times with a UTC offset"),
+])
+def test_several_time_zones_are_refused(tmp_path, suffixes, fragment):
+    frame = synthetic_checkins(n_users=3, visits_per_user=6)
+    text = frame["datetime"].astype(str) + np.where(np.arange(len(frame)) % 3, suffixes[0], suffixes[1])
+    with pytest.raises(DataError, match=fragment + r".*(one time zone|strip the offsets)"):
+        load_checkins(gowalla(write(tmp_path, frame.assign(datetime=text))), "toy")
+
+
+def test_a_named_time_zone_in_parquet_is_read(tmp_path):
+    frame = synthetic_checkins(n_users=3, visits_per_user=6)
+    frame["datetime"] = frame["datetime"].dt.tz_localize("America/New_York")
+    table = load_checkins(gowalla(write(tmp_path, frame, "tz.parquet")), "toy")
+    assert str(table.frame["timestamp"].dt.tz) == "America/New_York"
+
+
+def test_file_problems_name_the_file_and_what_it_should_be(tmp_path):
+    with pytest.raises(DataError, match="is a directory"):
+        load_checkins(gowalla(tmp_path), "toy")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(DataError, match=r"binary.csv.*cannot be read as a CSV.*UTF-8 text"):
+        load_checkins(gowalla(binary), "toy")
+    not_parquet = tmp_path / "text.parquet"
+    not_parquet.write_text("userid,placeid\nu1,p1\n")
+    with pytest.raises(DataError, match=r"text.parquet.*not a valid parquet file.*named .csv"):
+        load_checkins(gowalla(not_parquet), "toy")
+
+
+def test_coordinates_out_of_range_are_counted_with_examples(tmp_path):
+    frame = synthetic_checkins(n_users=3, visits_per_user=6)
+    frame.loc[[2, 5], "latitude"] = [95.0, -123.5]
+    with pytest.raises(DataError, match=r"2 of 18 rows .* latitude outside \[-90, 90\] \(row 2: 95, row 5: -123.5\)"):
+        load_checkins(gowalla(write(tmp_path, frame)), "toy")
+    frame = synthetic_checkins(n_users=3, visits_per_user=6)
+    frame.loc[0, "longitude"] = 200.0
+    with pytest.raises(DataError, match=r"1 of 18 rows .* longitude outside \[-180, 180\]"):
+        load_checkins(gowalla(write(tmp_path, frame)), "toy")
+
+
+def test_a_single_class_is_refused(tmp_path):
+    frame = synthetic_checkins(n_users=3, visits_per_user=6).assign(category="Food")
+    with pytest.raises(DataError, match=r"'category' \(dataset.category_column\).*single class \('Food'\).*macro-F1"):
+        load_checkins(gowalla(write(tmp_path, frame)), "toy")

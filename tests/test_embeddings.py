@@ -386,3 +386,41 @@ def test_load_rejects_missing_file_and_unknown_suffix(tmp_path):
     other.write_text("{}")
     with pytest.raises(ValueError, match="unsupported file type '.json'"):
         load_embedding_table(other)
+
+
+@pytest.mark.parametrize(
+    "frame, kwargs, fragments",
+    [
+        (string_typed_table(), {"id_column": "venue"}, ["no id column 'venue'", "Set embeddings.id_column"]),
+        (string_typed_table(), {"dim": 4}, ["embeddings.dim=4", "Set embeddings.dim: 3"]),
+        (string_typed_table().assign(**{"0": [np.nan, 1.0, 2.0]}), {}, ["NaN or infinite", "embeddings.path"]),
+        (string_typed_table().assign(placeid=[7, 7, 8]), {}, ["more than once", "embeddings.path"]),
+    ],
+    ids=["id-column", "width", "nan", "duplicate-id"],
+)
+def test_load_errors_are_data_errors_naming_the_embeddings_key(tmp_path, frame, kwargs, fragments):
+    from nextpoi_lib.data import DataError
+
+    path = write(tmp_path, frame)
+    with pytest.raises(DataError) as info:
+        load_embedding_table(path, **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    assert "Pass id_column" not in str(info.value)
+
+
+def test_load_file_problems_are_data_errors(tmp_path):
+    from nextpoi_lib.data import DataError
+
+    with pytest.raises(DataError, match="does not exist.*embeddings.path"):
+        load_embedding_table(tmp_path / "nope.parquet")
+    with pytest.raises(DataError, match="is a directory.*embeddings.path"):
+        load_embedding_table(tmp_path)
+    fake = tmp_path / "vectors.parquet"
+    fake.write_text("placeid,0\n1,0.5\n")
+    with pytest.raises(DataError, match=r"vectors.parquet \(embeddings.path\) cannot be read.*a parquet file"):
+        load_embedding_table(fake)
+    binary = tmp_path / "vectors.csv"
+    binary.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(DataError, match=r"vectors.csv \(embeddings.path\) cannot be read.*UTF-8 text"):
+        load_embedding_table(binary)

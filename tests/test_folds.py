@@ -58,3 +58,48 @@ def test_legacy_record_level_split_mixes_users(table):
     shared = [set(windows.users[f.test_index]) & set(windows.users[f.train_index]) for f in manifest.folds]
     assert any(shared)  # exactly the leak the default protocol removes
     assert "test_windows" in manifest.to_json()["folds"][0]
+
+
+def test_an_assignment_made_early_gives_the_same_folds(table):
+    from nextpoi_lib.folds import assign_users
+
+    windows, manifest = manifest_for(table, 9, 1)
+    early = assign_users(table.frame.user_id.to_numpy(), table.category_index, FoldConfig())
+    again = make_fold_manifest(windows.users, windows.target, FoldConfig(), table.data_hash, assignment=early)
+    assert again.hash == manifest.hash
+    for first, second in zip(manifest.folds, again.folds):
+        assert first.train_index.tolist() == second.train_index.tolist()
+        assert first.inner_val_index.tolist() == second.inner_val_index.tolist()
+
+
+def test_too_few_users_are_refused_with_the_key_to_change(table):
+    from nextpoi_lib.data import DataError
+    from nextpoi_lib.folds import assign_users
+
+    users = table.frame.user_id.to_numpy()
+    few = np.isin(users, np.unique(users)[:3])
+    with pytest.raises(DataError, match=r"Only 3 users, fewer than folds.n_splits=5"):
+        assign_users(users[few], table.category_index[few], FoldConfig())
+    few = np.isin(users, np.unique(users)[:6])
+    with pytest.raises(DataError, match=r"training users in fold 0, fewer than the 7 parts.*folds.inner_val_fraction"):
+        assign_users(users[few], table.category_index[few], FoldConfig())
+
+
+def test_rare_classes_are_named_with_their_training_counts_per_fold(table):
+    from nextpoi_lib.folds import rare_class_message, warn_rare_classes
+
+    windows, manifest = manifest_for(table, 9, 1)
+    classes = list(table.classes)
+    assert rare_class_message(manifest, windows.target, classes) is None
+    targets = windows.target.copy()
+    train0 = manifest.folds[0].train_index
+    rare = targets == 2
+    targets[rare] = 0
+    targets[train0[:3]] = 2  # only 3 training targets of class 2 in fold 0 (and at most 3 elsewhere)
+    counts = [int((targets[fold.train_index] == 2).sum()) for fold in manifest.folds]
+    message = rare_class_message(manifest, targets, classes)
+    assert f"{classes[2]!r} (" + ", ".join(f"fold {f}: {n}" for f, n in enumerate(counts)) + ")" in message
+    assert "fewer than 5 training targets" in message and "folds.n_splits" in message and "\n" not in message
+    assert message.startswith("1 of 3 classes") and f"{classes[0]!r} (" not in message
+    with pytest.warns(UserWarning, match="fewer than 5 training targets"):
+        warn_rare_classes(manifest, targets, classes)

@@ -1,12 +1,15 @@
 """nextpoi_lib.preparation: windows, folds and the POI embeddings a run asks for, prepared once."""
 import hashlib
 
+import warnings
+
 import numpy as np
 import pandas as pd
+import pytest
 
-from conftest import embedding_frame
+from conftest import embedding_frame, synthetic_checkins
 from nextpoi_lib import preparation
-from nextpoi_lib.data import load_checkins, poi_table
+from nextpoi_lib.data import DataError, load_checkins, poi_table
 from nextpoi_lib.preparation import file_hash, prepare_data
 from synthetic import synthetic_config
 
@@ -104,3 +107,41 @@ def test_progress_names_the_data(tmp_path):
     report = prepared.windows.report
     assert messages == [f"Data toy: {report['n_windows']} windows of 4 visits from {report['n_users']} users, "
                         f"3 classes"]
+
+
+def test_dropped_duplicate_rows_reach_the_windows_report(tmp_path, monkeypatch):
+    forbid_dgi(monkeypatch)
+    frame = synthetic_checkins(n_users=50, visits_per_user=16, n_pois=30)
+    pd.concat([frame, frame.iloc[:4]]).to_csv(tmp_path / "checkins.csv", index=False)
+    assert prepare_data(synthetic_config(tmp_path)).windows.report["dropped_duplicate_rows"] == 4
+    kept = synthetic_config(tmp_path, dataset={"duplicate_rows": "keep"})
+    report = prepare_data(kept).windows.report
+    assert report["dropped_duplicate_rows"] == 0 and report["n_checkins"] == len(frame) + 4
+
+
+def test_too_few_users_are_refused_before_the_embeddings(tmp_path, monkeypatch):
+    forbid_dgi(monkeypatch)
+    synthetic_checkins(n_users=5, visits_per_user=16, n_pois=30).to_csv(tmp_path / "checkins.csv", index=False)
+    config = synthetic_config(tmp_path, windows={"features": ["embedding"]}, folds={"n_splits": 3})
+    with pytest.raises(DataError, match="training users in fold"):
+        prepare_data(config)
+    config = synthetic_config(tmp_path, windows={"features": ["embedding"]}, folds={"n_splits": 6})
+    with pytest.raises(DataError, match="Only 5 users, fewer than folds.n_splits=6"):
+        prepare_data(config)
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")  # scikit-learn's own notice
+def test_rare_classes_are_warned_about_after_the_folds(tmp_path, monkeypatch):
+    forbid_dgi(monkeypatch)
+    frame = synthetic_checkins(n_users=50, visits_per_user=16, n_pois=30)
+    rare = frame.index[frame["category"] == "Travel"][3:]
+    frame.loc[rare, "category"] = "Food"  # 3 Travel check-ins left
+    frame.to_csv(tmp_path / "checkins.csv", index=False)
+    with pytest.warns(UserWarning, match=r"'Travel' \(fold 0: \d+, fold 1: \d+, fold 2: \d+\)") as record:
+        prepare_data(synthetic_config(tmp_path))
+    assert len([w for w in record if "training targets" in str(w.message)]) == 1
+    # Common classes: no warning.
+    synthetic_checkins(n_users=50, visits_per_user=16, n_pois=30).to_csv(tmp_path / "checkins.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        prepare_data(synthetic_config(tmp_path))

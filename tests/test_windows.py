@@ -138,3 +138,21 @@ def test_next_parquet_windows_have_no_checkin_sequence(tmp_path):
     windows = windows_from_next_parquet(load_next_parquet(path))
     assert windows.sequence is None and not windows.has_visit_details
     assert windows.subset(np.array([1, 0])).sequence is None
+
+
+def test_the_report_counts_dropped_duplicate_rows(tmp_path):
+    import pandas as pd
+
+    frame = synthetic_checkins(n_users=2, visits_per_user=8)
+    table = table_from(pd.concat([frame, frame.iloc[[1, 2]]]), tmp_path)
+    windows = build_windows(table, embedding_frame(sorted(table.frame.poi_id.unique())), length=4, stride=1)
+    assert windows.report["dropped_duplicate_rows"] == 2 and windows.report["n_checkins"] == len(frame)
+
+
+def test_timestamps_in_one_time_zone_give_local_hours_and_true_gaps(tmp_path):
+    frame = synthetic_checkins(n_users=2, visits_per_user=8)
+    naive = build_windows(table_from(frame, tmp_path), embedding_frame(sorted(frame.placeid.unique())), 4, 1)
+    frame = frame.assign(datetime=frame["datetime"].astype(str) + "-05:00")
+    aware = build_windows(table_from(frame, tmp_path), embedding_frame(sorted(frame.placeid.unique())), 4, 1)
+    np.testing.assert_array_equal(aware.hour, naive.hour)
+    np.testing.assert_array_equal(aware.gap_hours, naive.gap_hours)
