@@ -7,14 +7,18 @@ line. The parameters resolve as in the notebook (`notebook_parameters.experiment
 
 Before anything trains, every parameter file is resolved and validated; a file with an unknown key or an
 invalid value is recorded as failed with its message and the others still run. A file whose run folder is
-already complete is skipped (resume); a folder that exists but is not a complete run is replaced.
+already complete is skipped (resume); a folder that exists under the run's name but is not a complete run (what
+a user put there) is never deleted without `overwrite`: that file is recorded as failed with the message
+`nextpoi run` gives, as is one whose notebook another live batch is executing now.
 
 Files under `output_root` (`<dataset>` is the config's dataset folder, `<name>` the run name):
 
 * `<dataset>/<name>/notebook.ipynb` -- the executed notebook of a successful run, copied atomically into the
   run folder (temporary name, then `os.replace`) after the notebook finished;
 * `<dataset>/.running/<name>.ipynb` -- the notebook while it executes (papermill saves it after every cell and
-  every 30 s within a long cell: open it to follow a run); removed when the run succeeded;
+  every 30 s within a long cell: open it to follow a run); removed when the run succeeded. Beside it
+  `<name>.ipynb.owner` names the batch process (pid, host) executing it: a later batch removes both when that
+  process is no longer alive (a killed batch), and leaves them alone while it is;
 * `<dataset>/.failed/<name>.ipynb` -- the executed notebook of a failed experiment, traceback included (a later
   successful run of the same name removes it);
 * `batch-summary.json` -- one entry per parameter file (status, error message, run folder, notebook, timings),
@@ -33,6 +37,7 @@ import os
 import queue
 import re
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -45,7 +50,8 @@ from typing import Any, Callable, Iterable
 from .config import ConfigError
 from .layers import resolve_profile, visible_gpus
 from .notebook_parameters import experiment_config
-from .runfolder import is_complete, run_directory
+from .runfolder import (RunExistsError, check_folder_writable, check_run_target, is_complete, process_alive,
+                        remove_stale_temporaries, run_directory)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = PACKAGE_ROOT / "notebooks" / "experiment.ipynb"
@@ -186,6 +192,52 @@ def _error_message(error: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Notebooks of running experiments and their owner
+
+
+def owner_file(running: Path) -> Path:
+    """`.running/<name>.ipynb.owner`: the batch process (pid, host) executing that notebook."""
+    return running.with_name(running.name + ".owner")
+
+
+def _write_owner(running: Path, pid: int, host: str) -> None:
+    owner = owner_file(running)
+    temporary = owner.with_name(f".{owner.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    temporary.write_text(json.dumps({"pid": pid, "host": host}))
+    os.replace(temporary, owner)
+
+
+def running_owner(running: Path) -> int | None:
+    """The pid of the live batch executing `running` on this machine (or on another host: assumed live), or None
+    when no live batch owns it (no owner recorded, or its process is gone)."""
+    try:
+        owner = json.loads(owner_file(running).read_text())
+        pid, host = int(owner["pid"]), str(owner.get("host") or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host and host != socket.gethostname():
+        return pid  # another machine's process: it cannot be checked from here, so it is left alone
+    return pid if process_alive(pid) else None
+
+
+def clear_stale_running(running: Path, run_dir: Path | None = None) -> int | None:
+    """Remove `running` and its owner file when no live batch owns them (left by a killed batch); returns the
+    live owner's pid when one does (then nothing is touched). A batch killed after its run folder was renamed
+    into place but before the executed notebook was copied into it left that notebook here: it is moved into
+    the complete run folder `run_dir` (the step the killed batch did not finish) instead of being deleted."""
+    if not running.exists() and not owner_file(running).exists():
+        return None
+    pid = running_owner(running)
+    if pid is not None:
+        return pid
+    if run_dir is not None and running.exists() and is_complete(run_dir) and not (run_dir / "notebook.ipynb").exists():
+        _copy_atomic(running, run_dir / "notebook.ipynb")
+    running.unlink(missing_ok=True)
+    owner_file(running).unlink(missing_ok=True)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
 # One execution (runs in a worker thread, or in a Ray worker process)
 
 
@@ -205,9 +257,10 @@ def execute_experiment(task: dict[str, Any]) -> dict[str, Any]:
         if gpu_ids:
             extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
     outcome = {"started_at": started_at, "gpu": extra_env.get("CUDA_VISIBLE_DEVICES")}
-    running.parent.mkdir(parents=True, exist_ok=True)
     cwd = task.get("cwd")
     try:
+        running.parent.mkdir(parents=True, exist_ok=True)
+        _write_owner(running, int(task.get("owner_pid") or os.getpid()), str(task.get("owner_host") or ""))
         papermill.execute_notebook(
             copy.deepcopy(task["notebook"]), str(running), parameters=task["parameters"],
             kernel_name=task["kernel_name"], progress_bar=False, log_output=False,
@@ -227,6 +280,11 @@ def execute_experiment(task: dict[str, Any]) -> dict[str, Any]:
         running.unlink(missing_ok=True)
         failed.unlink(missing_ok=True)  # an earlier failure of this run is superseded
         outcome.update(status="done", notebook=str(target))
+    finally:
+        try:
+            owner_file(running).unlink(missing_ok=True)
+        except OSError:
+            pass
     outcome.update(finished_at=_now(), seconds=round(time.perf_counter() - started, 2))
     return outcome
 
@@ -290,6 +348,8 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
     stream = stream or sys.stdout
     parameter_files = [str(f) for f in parameter_files]
     output_root = Path(output_root).resolve()
+    # The batch writes its summary there: a file in the way, or a folder that cannot be written, stops it here.
+    check_folder_writable(output_root, "output root")
     reporter = _Reporter(progress, len(parameter_files), stream)
 
     ray = None
@@ -348,24 +408,39 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
                 reporter.finished(outcome)
                 continue
             claimed[run_dir] = parameter_file
+            running = run_dir.parent / ".running" / f"{config.name}.ipynb"
+            owner = clear_stale_running(running, run_dir)
+            if owner is not None:
+                outcome.status, outcome.stage = "failed", "validation"
+                outcome.error = (f"{running} is being executed now by another batch (process {owner}): wait until "
+                                 f"it has finished (then rerun: a complete run is skipped), or stop that batch.")
+                reporter.finished(outcome)
+                continue
+            # Temporaries of a killed run of this name (an earlier run it had moved aside comes back first).
+            for stale in remove_stale_temporaries(run_dir):
+                reporter.line(f"{config.name}: cleaned up {stale}, left by a run that did not finish")
             if is_complete(run_dir) and not overwrite:
                 outcome.status = "skipped"
                 notebook_file = run_dir / "notebook.ipynb"
                 outcome.notebook = str(notebook_file) if notebook_file.exists() else None
                 reporter.finished(outcome)
                 continue
-            replace = overwrite or run_dir.exists()  # a folder that is not a complete run is re-run in place
-            if run_dir.exists() and not overwrite:
-                reporter.line(f"{config.name}: {run_dir} exists but is not a complete run; it will be replaced")
+            try:
+                # A folder of that name that is not a complete run is never deleted without overwrite.
+                check_run_target(config)
+            except RunExistsError as error:
+                outcome.status, outcome.stage, outcome.error = "failed", "validation", str(error)
+                reporter.finished(outcome)
+                continue
             pending.append((outcome, {
                 "notebook": nb_node,
                 "parameters": {"parameter_files": [str(Path(parameter_file).resolve())],
                                "profile": str(profile_path.resolve()) if profile_path else None,
-                               "output_root": str(output_root), "overwrite": bool(replace)},
-                "running_notebook": str(run_dir.parent / ".running" / f"{config.name}.ipynb"),
+                               "output_root": str(output_root), "overwrite": bool(overwrite)},
+                "running_notebook": str(running),
                 "failed_notebook": str(run_dir.parent / ".failed" / f"{config.name}.ipynb"),
                 "run_dir": str(run_dir), "kernel_name": kernel_name, "cell_timeout": cell_timeout,
-                "cwd": os.getcwd(), "env": {},
+                "cwd": os.getcwd(), "env": {}, "owner_pid": os.getpid(), "owner_host": socket.gethostname(),
             }))
 
         record_lock = threading.Lock()

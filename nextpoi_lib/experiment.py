@@ -33,12 +33,14 @@ import yaml
 from . import __version__
 from .baselines import BASELINE_REGISTRY
 from .config import ConfigError, ExperimentConfig, from_dict, updated
+from .devices import check_device
 from .heads import MODEL_REGISTRY
 from .layers import Layer, resolve_layers
 from .preparation import PreparedData, prepare_data
 from .progress import Progress
 from .results import CrossValidationResult
-from .runfolder import check_run_target, run_directory, write_run
+from .runfolder import (check_output_writable, check_run_target, remove_stale_temporaries, run_directory,
+                        write_run)
 from .training import cross_validate
 from .training.fitted import cross_validate_fitted
 from .trees import GradientBoostedTrees
@@ -183,6 +185,8 @@ def load_config(*layers: Layer, extends: str | os.PathLike | Sequence[str | os.P
                               gpu_visible=gpu_visible)
     config = from_dict(resolved.data)
     check_names(config)
+    # A GPU that is not there fails here, before any data is read or embedding trained (errors.DeviceError).
+    check_device(config.training.device)
     return config
 
 
@@ -224,12 +228,23 @@ def run_manifest(config: ExperimentConfig, prepared: PreparedData, result: Cross
     }
 
 
+def computes_dgi_embeddings(config: ExperimentConfig, kind=None) -> bool:
+    """Whether the run computes (or reads cached) DGI POI embeddings, i.e. writes `<root>/.cache/embeddings`."""
+    kind = kind or run_kind_of(config)
+    return (kind.uses_embeddings(config) and config.embeddings.source == "dgi"
+            and config.dataset.source != "next_parquet")
+
+
 def run_experiment(config: ExperimentConfig, progress: Progress | None = None) -> Path:
     """Validate the target, prepare data, cross-validate, write the run folder; returns its path."""
     progress = progress or Progress(config.training.progress)
-    check_run_target(config)
-    started_at, started = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     kind = run_kind_of(config)
+    # Temporaries left by a killed run of this name go first (an earlier run it had moved aside comes back).
+    for stale in remove_stale_temporaries(run_directory(config)):
+        progress(f"Cleaned up {stale}, left by a run of {config.name} that did not finish")
+    check_run_target(config)
+    check_output_writable(config, computes_dgi_embeddings(config, kind))
+    started_at, started = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     prepared = prepare_data(config, progress, with_embeddings=kind.uses_embeddings(config))
     result = kind.cross_validate(config, prepared, progress)
     manifest = run_manifest(config, prepared, result, started_at, time.perf_counter() - started)

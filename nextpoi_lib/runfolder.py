@@ -3,15 +3,21 @@
 A run folder `<output root>/<dataset>/<run name>/` holds the config, the fold manifest, per-fold metrics,
 per-class precision/recall/F1, confusion counts, curves, attention weights and a manifest whose `status` is
 "complete" only once every file is in place: `write_run` writes into a hidden temporary folder and renames it
-into place, so a crashed run never looks complete. `load_run` / `discover_runs` / `select_runs` read folders
-back for the analysis; the column lists below are the contract both sides use.
+into place, so a crashed run never looks complete; a write that fails (disk full, file too large) leaves no
+temporary folder, keeps an earlier complete run of that name and is raised as one `OutputError`. Before any
+work `check_output_writable` probes that the output root, the dataset folder and (when used) the embedding
+cache can be written, and `remove_stale_temporaries` removes the temporaries of killed runs of that name (those
+whose process is gone). `load_run` / `discover_runs` / `select_runs` read folders back for the analysis; the
+column lists below are the contract both sides use.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from .config import ExperimentConfig
+from .errors import OutputError
 from .metrics import fold_report
 from .results import CrossValidationResult
 
@@ -111,11 +118,15 @@ def summarise(fold_metrics: pd.DataFrame, per_class: pd.DataFrame) -> dict:
 def write_run(target: Path, result: CrossValidationResult, classes: list[str], config_yaml: str,
               fold_manifest: dict, manifest: dict) -> Path:
     """Write every file of a complete run into a temporary folder, then rename it into place at `target`.
-    `manifest` is the run's description (docs/run-folder.md); `status: complete` is added here."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    `manifest` is the run's description (docs/run-folder.md); `status: complete` is added here.
+
+    A failure on the way (disk full, file too large, ...) leaves no temporary folder and keeps an earlier complete
+    run of that name as it was; an OSError reaches the caller as an OutputError naming the folder and the cause."""
     temporary = target.parent / f".{target.name}.partial-{os.getpid()}-{int(time.time() * 1000)}"
-    temporary.mkdir()
+    replaced = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary.mkdir()
         tables = result_tables(result, classes)
         for name, table in tables.items():
             if name == "attention" and table.empty:
@@ -127,18 +138,168 @@ def write_run(target: Path, result: CrossValidationResult, classes: list[str], c
         (temporary / "fold_manifest.json").write_text(json.dumps(fold_manifest))
         manifest = {"status": COMPLETE, **manifest}
         (temporary / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        replaced = None
         if target.exists():
             # Only reached with output.overwrite (checked before any work): swap, then delete the old run.
-            replaced = target.parent / f".{target.name}.replaced-{int(time.time() * 1000)}"
+            replaced = target.parent / f".{target.name}.replaced-{os.getpid()}-{int(time.time() * 1000)}"
             target.rename(replaced)
         temporary.rename(target)
-        if replaced is not None:
-            shutil.rmtree(replaced)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        if replaced is not None and replaced.exists() and not target.exists():
+            try:
+                replaced.rename(target)  # the earlier complete run goes back where it was
+            except OSError:
+                pass  # then the next run of this name puts it back (remove_stale_temporaries)
+        if isinstance(error, OSError):
+            raise OutputError(write_failure_message(target, error)) from error
         raise
+    if replaced is not None:
+        # The new run is in place; an old copy that cannot be deleted now is removed by the next run of this name.
+        shutil.rmtree(replaced, ignore_errors=True)
     return target
+
+
+def _cause(error: OSError) -> str:
+    code = getattr(error, "errno", None)
+    text = os.strerror(code) if code else (str(error) or type(error).__name__)
+    name = errno.errorcode.get(code) if code else None
+    return f"{text} ({name})" if name else text
+
+
+def _fix(error: OSError) -> str:
+    code = getattr(error, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space on that disk (or choose another output root with --output-root / output.root)"
+    if code == errno.EFBIG:
+        return ("raise the file-size limit (ulimit -f) or choose an output root on another file system "
+                "(--output-root / output.root)")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make that folder writable, or choose another output root (--output-root / output.root)"
+    return "fix the cause or choose another output root (--output-root / output.root)"
+
+
+def write_failure_message(target: Path, error: OSError) -> str:
+    if is_complete(target):
+        kept = "the earlier complete run there is kept as it was"
+    elif target.exists():
+        kept = "the folder there is kept as it was"
+    else:
+        kept = "no run folder was left there"
+    return (f"Could not write the run folder {str(target)!r}: {_cause(error)}. Nothing of this run was kept and "
+            f"{kept}. To run it again, {_fix(error)}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks before any work: the output side can be written
+
+
+def _write_probe(path: Path) -> None:
+    """Create `path` with a few bytes, flushed to the file system (tests replace this to simulate faults)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(descriptor, b"nextpoi write probe\n")
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_folder_writable(folder: Path, what: str) -> None:
+    """Raise OutputError unless `folder` (or, when it does not exist yet, the folder it would be created in) is a
+    folder this process can write to: probed by creating and deleting a small hidden file."""
+    folder = Path(folder)
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        where = "" if existing == folder else f" (it would be created inside {str(existing)!r})"
+        raise OutputError(f"The {what} {str(folder)!r} cannot be used{where}: {str(existing)!r} is a regular "
+                          f"file, not a folder. Nothing was run. Choose another output root (--output-root / "
+                          f"output.root), or move that file away.")
+    probe = existing / f".nextpoi-write-probe-{os.getpid()}-{int(time.time() * 1000)}"
+    try:
+        _write_probe(probe)
+    except OSError as error:
+        where = "" if existing == folder else f" (it would be created inside {str(existing)!r})"
+        raise OutputError(f"The {what} {str(folder)!r} cannot be written{where}: {_cause(error)}. Nothing was "
+                          f"run. To run it, {_fix(error)}.") from error
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
+def embedding_cache_directory(config: ExperimentConfig) -> Path:
+    return Path(config.output.root) / ".cache" / "embeddings"
+
+
+def check_output_writable(config: ExperimentConfig, uses_embedding_cache: bool) -> None:
+    """Before any work: the output root and the run's dataset folder (and the embedding cache when the run
+    computes DGI embeddings) can be created and written; raises OutputError naming the path and the fix."""
+    root = Path(config.output.root)
+    dataset_folder = run_directory(config).parent
+    check_folder_writable(root, "output root")
+    if dataset_folder.exists() or _nearest_existing(dataset_folder) != _nearest_existing(root):
+        check_folder_writable(dataset_folder, "dataset folder")
+    if uses_embedding_cache:
+        check_folder_writable(embedding_cache_directory(config), "embedding cache folder")
+
+
+# --------------------------------------------------------------------------------------------------
+# Temporaries of killed runs
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|replaced)-(?P<pid>\d+)(?:-(?P<ms>\d+))?$")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (the current process included)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary folders (`.NAME.partial-PID-MS`, `.NAME.replaced-PID-MS`) that runs of this name left
+    when they were killed, i.e. whose process is no longer alive; a live run's temporaries are left alone. An
+    earlier complete run that a killed run had moved aside (and not replaced) is put back at `target`.
+    Returns the folders removed or restored."""
+    target = Path(target)
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    handled = []
+    for entry in sorted(parent.iterdir()):
+        match = _TEMPORARY.match(entry.name)
+        if not match or match["name"] != target.name or not entry.is_dir():
+            continue
+        # Folders of older versions, .NAME.replaced-MS, name no process: left by a run that did not finish.
+        pid = 0 if match["kind"] == "replaced" and match["ms"] is None else int(match["pid"])
+        if process_alive(pid):
+            continue
+        try:
+            if match["kind"] == "replaced" and not target.exists() and is_complete(entry):
+                entry.rename(target)
+            else:
+                shutil.rmtree(entry)
+        except OSError:
+            continue
+        handled.append(entry)
+    return handled
 
 
 

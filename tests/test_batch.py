@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -16,6 +19,12 @@ import pytest
 
 from nextpoi_lib import batch, cli
 from notebook_support import error_outputs, output_root_with_shared_cache, small_experiment, write_parameter_file
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
 
 
 def manifest(run_dir: Path) -> dict:
@@ -36,11 +45,16 @@ def first_batch(tmp_path_factory):
     typo = small_experiment(files / "typo.yaml", "typo", trainng={"epochs": 1})
     broken = small_experiment(files / "broken.yaml", "broken",
                               dataset={"source": "checkins", "path": str(base / "missing.csv")})
-    # A folder left by something that did not finish: not a complete run, so it is re-run in place.
-    leftover = root / "foursquare_nyc" / "resumed"
-    leftover.mkdir(parents=True)
-    (leftover / "manifest.json").write_text(json.dumps({"status": "running"}))
-    (leftover / "stale.txt").write_text("left over")
+    # What a killed batch leaves: the run's temporary folder and its running notebook, owned by a dead process.
+    dead = dead_pid()
+    dataset = root / "foursquare_nyc"
+    partial = dataset / f".resumed.partial-{dead}-1700000000000"
+    partial.mkdir(parents=True)
+    (partial / "curves.csv").write_text("half written")
+    running = dataset / ".running" / "resumed.ipynb"
+    running.parent.mkdir()
+    running.write_text("{}")
+    batch.owner_file(running).write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
 
     cwd = os.getcwd()
     code = cli.main(["batch", str(good), str(resumed), str(invalid), str(typo), str(broken), "--output-root",
@@ -77,12 +91,13 @@ def test_good_experiment_is_complete_with_its_executed_notebook(first_batch):
     assert not list(run_dir.parent.glob(".notebook*")) and not list(run_dir.glob(".notebook*"))
 
 
-def test_incomplete_run_folder_is_rerun(first_batch):
+def test_temporaries_of_a_killed_batch_are_cleaned_and_the_run_done(first_batch):
     entry = first_batch["by_name"]["resumed"]
     run_dir = Path(entry["run_dir"])
     assert entry["status"] == "done" and manifest(run_dir)["status"] == "complete"
-    assert manifest(run_dir)["seeds"] == [1]
-    assert not (run_dir / "stale.txt").exists() and (run_dir / "notebook.ipynb").exists()
+    assert manifest(run_dir)["seeds"] == [1] and (run_dir / "notebook.ipynb").exists()
+    assert not [p.name for p in run_dir.parent.iterdir() if ".partial-" in p.name or ".replaced-" in p.name]
+    assert not (run_dir.parent / ".running").exists() or not any((run_dir.parent / ".running").iterdir())
 
 
 def test_invalid_parameter_files_fail_before_training_with_their_message(first_batch):
@@ -198,3 +213,99 @@ def test_ray_backend_without_ray_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(ImportError, match="pip install 'ray'"):
         batch.run_batch(["parameters/smoke.yaml"], backend="ray")
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults found before anything executes (no notebook runs in these)
+
+
+def test_folder_that_is_not_a_complete_run_is_refused_never_deleted(tmp_path):
+    root = tmp_path / "out"
+    folder = root / "foursquare_nyc" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"status": "running"}))
+    (folder / "draft.md").write_text("what the user put there")
+    mine = small_experiment(tmp_path / "mine.yaml", "mine")
+    summary = batch.run_batch([mine], output_root=root, progress=False)
+    entry = summary.experiments[0]
+    assert entry.status == "failed" and entry.stage == "validation" and entry.seconds is None
+    assert "A folder that is not a complete run already exists" in entry.error and "--overwrite" in entry.error
+    assert (folder / "draft.md").read_text() == "what the user put there"
+    assert json.loads((folder / "manifest.json").read_text()) == {"status": "running"}
+    assert cli.main(["batch", str(mine), "--output-root", str(root)]) == 1
+
+
+def test_notebook_of_a_live_batch_is_left_alone(tmp_path):
+    root = tmp_path / "out"
+    running = root / "foursquare_nyc" / ".running" / "busy.ipynb"
+    running.parent.mkdir(parents=True)
+    running.write_text("{}")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        batch.owner_file(running).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        summary = batch.run_batch([small_experiment(tmp_path / "busy.yaml", "busy")], output_root=root,
+                                  progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    entry = summary.experiments[0]
+    assert entry.status == "failed" and entry.stage == "validation"
+    assert f"another batch (process {sleeper.pid})" in entry.error
+    assert running.read_text() == "{}" and batch.owner_file(running).exists()
+
+
+def test_clear_stale_running_removes_only_what_no_live_batch_owns(tmp_path):
+    running = tmp_path / ".running" / "a.ipynb"
+    running.parent.mkdir()
+    owner = batch.owner_file(running)
+    assert batch.clear_stale_running(running) is None  # nothing there
+    running.write_text("{}")  # no owner recorded (an older batch): stale
+    assert batch.clear_stale_running(running) is None and not running.exists()
+    running.write_text("{}")
+    owner.write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+    assert batch.clear_stale_running(running) is None and not running.exists() and not owner.exists()
+    for pid, host in ((os.getpid(), socket.gethostname()), (dead_pid(), "another-machine")):
+        running.write_text("{}")
+        owner.write_text(json.dumps({"pid": pid, "host": host}))
+        assert batch.clear_stale_running(running) == pid and running.exists() and owner.exists()
+
+
+def test_a_notebook_left_by_a_batch_killed_after_its_run_completed_moves_into_the_run(tmp_path):
+    """Killed between renaming the run folder into place and copying the notebook: the next batch finishes that
+    step (the run is complete; only its notebook.ipynb was missing), and leaves an incomplete folder alone."""
+    run_dir = tmp_path / "toy" / "a"
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    running = tmp_path / "toy" / ".running" / "a.ipynb"
+    running.parent.mkdir()
+    running.write_text('{"cells": ["executed"]}')
+    batch.owner_file(running).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+    assert batch.clear_stale_running(running, run_dir) is None
+    assert (run_dir / "notebook.ipynb").read_text() == '{"cells": ["executed"]}' and not running.exists()
+    # a folder that is not complete gets no notebook; the stale one is just removed
+    other = tmp_path / "toy" / "b"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"status": "running"}))
+    stale = running.parent / "b.ipynb"
+    stale.write_text("{}")
+    assert batch.clear_stale_running(stale, other) is None
+    assert not (other / "notebook.ipynb").exists() and not stale.exists()
+
+
+def test_output_root_that_is_a_regular_file_stops_the_batch(tmp_path, capsys):
+    root = tmp_path / "out"
+    root.write_text("a file")
+    good = small_experiment(tmp_path / "good.yaml", "good")
+    assert cli.main(["batch", str(good), "--output-root", str(root)]) == 2
+    assert "regular file" in capsys.readouterr().err and root.read_text() == "a file"
+
+
+def test_run_moved_aside_by_a_killed_run_is_put_back_and_skipped(tmp_path):
+    root = tmp_path / "out"
+    aside = root / "foursquare_nyc" / f".kept.replaced-{dead_pid()}-1700000000000"
+    aside.mkdir(parents=True)
+    (aside / "manifest.json").write_text(json.dumps({"status": "complete", "run_name": "kept"}))
+    summary = batch.run_batch([small_experiment(tmp_path / "kept.yaml", "kept")], output_root=root, progress=False)
+    assert [e.status for e in summary.experiments] == ["skipped"]
+    assert json.loads((root / "foursquare_nyc" / "kept" / "manifest.json").read_text())["run_name"] == "kept"
+    assert not aside.exists()

@@ -1,5 +1,11 @@
 """nextpoi_lib.runfolder: the run folder written atomically, complete and consistent, never overwritten silently."""
+import errno
 import json
+import os
+import pathlib
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,6 +14,7 @@ from sklearn.metrics import f1_score
 
 from nextpoi_lib import runfolder
 from nextpoi_lib.config import updated
+from nextpoi_lib.errors import OutputError
 from nextpoi_lib.experiment import run_experiment
 from nextpoi_lib.results import CrossValidationResult, FoldResult
 from nextpoi_lib.runfolder import RunExistsError, check_run_target, is_complete, run_directory, write_run
@@ -121,3 +128,78 @@ def test_crash_leaves_no_complete_run_and_keeps_the_old_one(tmp_path, monkeypatc
         run_experiment(config)
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults on the output side (more, through the command line, in tests/bad_inputs/test_faults.py)
+
+
+@pytest.mark.parametrize("code, cause", [(errno.ENOSPC, "No space left on device"), (errno.EFBIG, "File too large")])
+def test_write_failure_is_one_output_error_and_keeps_the_earlier_run(tmp_path, monkeypatch, code, cause):
+    target = tmp_path / "toy" / "hand"
+    write_run(target, hand_made_result(), ["a", "b", "c"], "name: hand\n", {"folds": []}, {"run_name": "hand"})
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    original = pathlib.Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if ".partial-" in str(self) and self.name == "config.yaml":
+            raise OSError(code, os.strerror(code))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    with pytest.raises(OutputError, match=f"{target}.*{cause}.*earlier complete run there is kept") as raised:
+        write_run(target, hand_made_result(), ["a", "b", "c"], "name: new\n", {"folds": []}, {"run_name": "hand"})
+    assert isinstance(raised.value.__cause__, OSError) and "\n" not in str(raised.value)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in target.parent.iterdir()] == ["hand"]
+
+
+def test_write_probe_leaves_nothing_and_names_the_cause(tmp_path, monkeypatch):
+    runfolder.check_folder_writable(tmp_path, "output root")
+    assert list(tmp_path.iterdir()) == []
+    runfolder.check_folder_writable(tmp_path / "not" / "yet", "output root")  # probed in tmp_path
+    assert list(tmp_path.iterdir()) == []
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runfolder, "_write_probe", full)
+    with pytest.raises(OutputError, match="output root .*No space left on device.*free some space"):
+        runfolder.check_folder_writable(tmp_path, "output root")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_checks_cover_the_embedding_cache_only_when_asked(tmp_path, monkeypatch):
+    config = synthetic_config(tmp_path, model={"name": "majority"})
+    probed = []
+    monkeypatch.setattr(runfolder, "_write_probe", lambda path: probed.append(Path(path).parent))
+    runfolder.check_output_writable(config, uses_embedding_cache=False)
+    assert probed == [tmp_path]  # nothing exists yet: the folder everything would be created in
+    probed.clear()
+    (tmp_path / "outputs" / "toy").mkdir(parents=True)
+    runfolder.check_output_writable(config, uses_embedding_cache=True)
+    assert probed == [tmp_path / "outputs", tmp_path / "outputs" / "toy", tmp_path / "outputs"]
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    target = tmp_path / "toy" / "run"
+    target.mkdir(parents=True)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    stale = [target.parent / f".run.partial-{finished.pid}-1", target.parent / f".run.replaced-{finished.pid}-2",
+             target.parent / ".run.replaced-1700000000000"]  # the older name, without a process id
+    live = [target.parent / f".run.partial-{os.getpid()}-3", target.parent / f".other.partial-{finished.pid}-4"]
+    for folder in stale + live:
+        folder.mkdir()
+    assert sorted(runfolder.remove_stale_temporaries(target)) == sorted(stale)
+    assert all(folder.exists() for folder in live) and target.exists()
+
+
+def test_a_run_moved_aside_by_a_killed_run_is_put_back(tmp_path):
+    target = tmp_path / "toy" / "hand"
+    write_run(target, hand_made_result(), ["a", "b", "c"], "name: hand\n", {"folds": []}, {"run_name": "hand"})
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    target.rename(target.parent / f".hand.replaced-{finished.pid}-1")
+    runfolder.remove_stale_temporaries(target)
+    assert is_complete(target) and [p.name for p in target.parent.iterdir()] == ["hand"]

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ExperimentConfig
+from ..devices import autocast_dtype, fused_adamw
+from ..errors import UserError
 from ..folds import Fold
 from ..heads import MODEL_REGISTRY, build_model
 from ..losses import build_loss
@@ -45,7 +47,7 @@ def make_scheduler(config: ExperimentConfig, optimizer: torch.optim.Optimizer, s
 def make_optimizer(config: ExperimentConfig, parameters, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; on CUDA the fused kernel (one launch for all parameters), elsewhere PyTorch's default."""
     return torch.optim.AdamW(parameters, lr=config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay,
-                             fused=True if device.type == "cuda" else None)
+                             fused=fused_adamw(device))
 
 
 def evaluate(model, data: WindowTensors, index: torch.Tensor, criterion, num_classes: int, batch_size: int,
@@ -76,7 +78,8 @@ def evaluate(model, data: WindowTensors, index: torch.Tensor, criterion, num_cla
 
 
 def use_autocast(config: ExperimentConfig, device: torch.device) -> bool:
-    return bool(config.training.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    # bf16 autocast (the only autocast dtype the loops use) where the device supports it: see nextpoi_lib.devices.
+    return autocast_dtype(device, config.training.mixed_precision) is torch.bfloat16
 
 
 def epoch_order(train_index: torch.Tensor, sampling_weights: torch.Tensor | None, generator: torch.Generator,
@@ -93,6 +96,28 @@ def balanced_sampling_weights(train_targets: np.ndarray, num_classes: int,
     # Class-balanced sampling with replacement: each class is drawn equally often in expectation.
     counts = np.bincount(train_targets, minlength=num_classes)
     return torch.from_numpy(1.0 / counts[train_targets]).to(storage_device)
+
+
+class TrainingDiverged(UserError):
+    """The training loss of a (seed, fold) is not finite (NaN or infinite): the run stops as failed."""
+
+
+def check_finite_losses(config: ExperimentConfig, seed: int, fold: int, epoch: int, train_loss_sum: float,
+                        val_loss_sum: float, learning_rate: float | None) -> None:
+    """Raise TrainingDiverged when an epoch's loss sums (already on the host) are not finite."""
+    if math.isfinite(train_loss_sum) and math.isfinite(val_loss_sum):
+        return
+    which = "training" if not math.isfinite(train_loss_sum) else "inner-validation"
+    value = train_loss_sum if which == "training" else val_loss_sum
+    if config.scheduler.name == "onecycle":
+        key, now = "scheduler.max_lr", config.scheduler.max_lr  # OneCycle's peak learning rate
+    else:
+        key, now = "optimizer.learning_rate", config.optimizer.learning_rate
+    at = f" (learning rate {learning_rate:g} in that epoch)" if learning_rate is not None else ""
+    raise TrainingDiverged(
+        f"Training diverged: the {which} loss is {value} at seed {seed}, fold {fold}, epoch {epoch}{at} of run "
+        f"{config.name!r} (model {config.model.name}). The run stopped as failed and no run folder was written. "
+        f"The learning rate is too large: lower {key} (now {now:g}), e.g. to {now / 10:g}, and run it again.")
 
 
 def epoch_curve(seed: int, fold: int, epoch: int, stats: np.ndarray, n_train: int, n_val: int, num_classes: int,
@@ -181,6 +206,7 @@ def train_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet
         val_loss_sum, confusion, _, _ = evaluate(model, data, inner_val_index, criterion, num_classes,
                                                  training.batch_size * 4, autocast, keep_log_probabilities=False)
         stats = torch.cat([train_loss_sum.view(1), val_loss_sum.view(1), confusion.view(-1).float()]).cpu().numpy()
+        check_finite_losses(config, seed, fold.fold, epoch, float(stats[0]), float(stats[1]), learning_rate)
         curve = epoch_curve(seed, fold.fold, epoch, stats, len(order), len(inner_val_index), num_classes,
                             learning_rate)
 

@@ -17,14 +17,15 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ExperimentConfig
+from ..devices import pin_host_memory
 from ..folds import Fold
 from ..heads import build_model
 from ..losses import build_loss
 from ..progress import Progress
 from ..results import FoldResult
 from ..windows import WindowSet
-from .loop import (balanced_sampling_weights, epoch_curve, epoch_order, evaluate, make_scheduler,
-                   predict_test_fold, use_autocast)
+from .loop import (balanced_sampling_weights, check_finite_losses, epoch_curve, epoch_order, evaluate,
+                   make_scheduler, predict_test_fold, use_autocast)
 from .tensors import WindowTensors
 from .tracker import EpochTracker
 
@@ -233,7 +234,7 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
             table.append([(*row, size) for row, size in zip(optimizer.coefficients(rates), row_sizes)])
             sizes.append(row_sizes)
         table = torch.tensor(table, dtype=torch.float32)  # [steps, K, COLUMNS + 1 (batch size)]
-        table = (table.pin_memory() if device.type == "cuda" else table).to(device, non_blocking=True)
+        table = (table.pin_memory() if pin_host_memory(device) else table).to(device, non_blocking=True)
 
         # --- train (no host synchronisation inside this loop)
         template.train()
@@ -272,6 +273,8 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
         improved = []
         for position, k in enumerate(live):
             fold_stats = np.concatenate([stats[k:k + 1], stats[K + position * width:K + (position + 1) * width]])
+            check_finite_losses(config, seed, folds[k].fold, epoch, float(fold_stats[0]), float(fold_stats[1]),
+                                epoch_lr[k])
             curve = epoch_curve(seed, folds[k].fold, epoch, fold_stats, train_sizes[k], len(val_indices[k]),
                                 num_classes, epoch_lr[k])
             if trackers[k].update(curve):

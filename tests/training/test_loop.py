@@ -47,3 +47,26 @@ def test_weighted_sampler_and_early_stopping(tmp_path):
     result = cross_validate(config, prepared.windows, prepared.fold_manifest)
     for fold in result.fold_results:
         assert fold.last_epoch <= fold.selected_epoch + 2
+
+
+@pytest.mark.parametrize("stack_folds", [False, True])
+def test_non_finite_loss_stops_training_naming_seed_fold_epoch_and_the_fix(tmp_path, stack_folds):
+    from nextpoi_lib.training.loop import TrainingDiverged
+
+    config = synthetic_config(tmp_path, model={"name": "transformer", "num_heads": 2, "model_dim": 16},
+                              scheduler={"name": "onecycle", "max_lr": 1.0e6},
+                              training={"epochs": 3, "seeds": [4], "stack_folds": stack_folds})
+    prepared = prepare_data(config)
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at seed 4, fold 0, epoch 1 .*lower "
+                                               r"scheduler.max_lr \(now 1e\+06\)"):
+        cross_validate(config, prepared.windows, prepared.fold_manifest)
+
+
+def test_non_finite_loss_under_a_constant_rate_names_the_learning_rate(tmp_path):
+    from nextpoi_lib.training.loop import check_finite_losses
+
+    config = synthetic_config(tmp_path)
+    check_finite_losses(config, 0, 1, 2, 3.5, 1.0, 0.02)  # finite: nothing happens
+    with pytest.raises(ValueError, match=r"inner-validation loss is inf at seed 0, fold 1, epoch 2.*"
+                                         r"optimizer.learning_rate \(now 0.02\), e.g. to 0.002"):
+        check_finite_losses(config, 0, 1, 2, 3.5, float("inf"), 0.02)
