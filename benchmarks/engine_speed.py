@@ -54,7 +54,7 @@ from nextpoi_lib.losses import build_loss  # noqa: E402
 from nextpoi_lib.progress import Progress  # noqa: E402
 from nextpoi_lib.training import cross_validate  # noqa: E402
 from nextpoi_lib.training.loop import make_scheduler  # noqa: E402
-from nextpoi_lib.training.tensors import resolve_device  # noqa: E402
+from nextpoi_lib.devices import resolve_device  # noqa: E402
 from nextpoi_lib.windows import WindowSet  # noqa: E402
 
 CONFIGS = {"baseline": "parameters/baseline.yaml", "C": "parameters/C.yaml"}

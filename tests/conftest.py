@@ -55,3 +55,7 @@ def three_seeds(tmp_path_factory):
     from runfixtures import three_seed_runs
 
     return three_seed_runs(tmp_path_factory.mktemp("three") / "outputs")
+
+
+# The bad-input harness's spy on the work (tests/harness.py), for every test that asks for it.
+from harness import work_spy  # noqa: E402,F401

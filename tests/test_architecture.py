@@ -14,7 +14,7 @@ import pytest
 LIBRARY = Path(__file__).resolve().parent.parent / "nextpoi_lib"
 
 LAYERS = [
-    ["nextpoi_lib", "errors", "config", "metrics", "results", "progress"],
+    ["nextpoi_lib", "errors", "config", "metrics", "results", "progress", "devices"],
     ["layers"],
     ["data", "embeddings", "windows", "folds"],
     ["features", "preparation"],

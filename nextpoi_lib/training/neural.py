@@ -8,6 +8,7 @@ import time
 import torch
 
 from ..config import ExperimentConfig
+from ..devices import device_name, resolve_device, uses_tf32
 from ..folds import FoldManifest
 from ..progress import Progress
 from ..results import CrossValidationResult
@@ -15,14 +16,14 @@ from ..windows import WindowSet
 from .loop import report_fold, train_fold
 from .plan import execution_plan
 from .stacked import train_folds_stacked
-from .tensors import WindowTensors, resolve_device
+from .tensors import WindowTensors
 from .workers import train_in_workers
 
 
 @contextlib.contextmanager
 def _matmul_precision(device: torch.device, allow_tf32: bool):
     """TF32 for fp32 matmuls on CUDA while the training runs (mixed precision on), restored afterwards."""
-    if device.type != "cuda" or not allow_tf32:
+    if not uses_tf32(device, allow_tf32):
         yield
         return
     previous = torch.get_float32_matmul_precision()
@@ -38,7 +39,6 @@ def cross_validate(config: ExperimentConfig, windows: WindowSet, fold_manifest: 
     """Train and evaluate every (seed, fold) of a neural head."""
     progress = progress or Progress(config.training.progress)
     device = resolve_device(config.training.device)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     plan = execution_plan(config, device, fold_manifest)
     for note in plan.notes:
         progress(note)
@@ -67,4 +67,5 @@ def cross_validate(config: ExperimentConfig, windows: WindowSet, fold_manifest: 
                     report_fold(progress, label, results[-1], len(results), len(jobs))
     # The manifest key stays "engine" (run folders written before the training package read the same).
     extra = {"engine": {**plan.describe(), "seconds": round(time.perf_counter() - started, 3)}}
-    return CrossValidationResult(fold_results=results, device=str(device), device_name=device_name, extra=extra)
+    return CrossValidationResult(fold_results=results, device=str(device), device_name=device_name(device),
+                                 extra=extra)

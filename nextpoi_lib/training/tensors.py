@@ -1,4 +1,4 @@
-"""Windows as tensors on the training device, gathered per batch; where they are kept and which device trains.
+"""Windows as tensors on the training device, gathered per batch, and where they are kept.
 
 Windows live on the device as POI-index tensors plus one embedding table, gathered per batch, so no
 DataLoader and no host-to-device copy sit on the hot path; a dataset too large for device memory falls back
@@ -11,20 +11,12 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
+from ..devices import pin_host_memory
 from ..features.sequence import numeric_features
 from ..windows import WindowSet
 
 # Windows are kept on an accelerator when they need at most this share of its free memory.
 DEVICE_MEMORY_SHARE = 0.5
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"training.device={name!r} but no CUDA GPU is visible. Use device: auto or cpu.")
-    return device
 
 
 def device_free_memory(device: torch.device) -> int | None:
@@ -66,7 +58,7 @@ class WindowTensors:
         self.host_resident = message is not None
         if message:
             log(message)
-        pin = self.storage_device.type == "cpu" and device.type == "cuda"
+        pin = self.storage_device.type == "cpu" and pin_host_memory(device)
         self.tensors = {name: (t.pin_memory() if pin else t.to(self.storage_device)) for name, t in host.items()}
         self.table = self.table.pin_memory() if pin else self.table.to(self.storage_device)
         self.numeric_dim = numeric.shape[-1]
