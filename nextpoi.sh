@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up-free entry point for a fresh machine with Python 3.11 and pip:
-#   ./nextpoi.sh main   set up, run baseline + A-D on the embedded dataset, write outputs/report.html
+#   ./nextpoi.sh main   set up, run baseline + A-D and the reference methods on the embedded dataset, write outputs/report.html
 #   ./nextpoi.sh test   set up (with test tools), run the whole test suite
 #   ./nextpoi.sh setup  only set up the virtual environment (.venv, or $NEXTPOI_VENV)
 #   ./nextpoi.sh results  the runs behind docs/results.md (baselines, the recommended four, baseline, A-D) + report
@@ -67,8 +67,12 @@ case "${1:-}" in
     # Full settings on a GPU, the quick CPU profile otherwise (the report says which one produced the runs).
     # One BLAS thread per process: on a small shared CPU more threads slow these tiny models down.
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+    # The reference methods (majority, last category, Markov, boosted trees) run in the same batch under the same
+    # profile, so on the same windows and folds: the report's "Δ best reference" says what a model adds to them.
     status=0
     nextpoi batch parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
+      parameters/baselines/majority.yaml parameters/baselines/last_category.yaml parameters/baselines/markov.yaml \
+      parameters/baselines/gradient_boosting.yaml \
       --profile auto "$@" || status=$?
     nextpoi report --output outputs/report.html
     echo "== report: outputs/report.html"

@@ -101,8 +101,59 @@ def result_tables(result: CrossValidationResult, classes: list[str]) -> dict[str
     }
 
 
-def summarise(fold_metrics: pd.DataFrame, per_class: pd.DataFrame) -> dict:
-    """Mean and std (ddof=1) over all fold x seed pairs, per selection."""
+# A run "collapsed" when its selected-epoch predictions, pooled over folds x seeds, are one class almost always
+# or leave out many of the classes the test windows contain (docs/run-folder.md, summary.json's `collapse`).
+COLLAPSE_TOP_SHARE = 0.9  # flagged when one class takes more than this share of all predictions
+COLLAPSE_NEVER_PREDICTED_SHARE = 0.5  # ... or when this share (or more) of the classes with targets is never predicted
+
+
+def collapse(confusion: pd.DataFrame, per_class: pd.DataFrame | None = None, classes: Sequence[str] | None = None,
+             selection: str = "selected") -> dict:
+    """The collapse rule, on one run's tables: predicted counts per class are the column sums of the confusion
+    counts of `selection` pooled over folds x seeds; the classes with test targets are those with support (from
+    `per_class` when given, else the confusion rows' sums). Returns `{"flagged", "reason", "top_class",
+    "top_share", "never_predicted"}`; `reason` is one sentence when flagged, else ""."""
+    rows = confusion[confusion["selection"].astype(str) == selection] if len(confusion) else confusion
+    true_class = rows["true_class"].astype(str) if len(rows) else pd.Series(dtype=str)
+    predicted_class = rows["predicted_class"].astype(str) if len(rows) else pd.Series(dtype=str)
+    counts = pd.to_numeric(rows["count"], errors="coerce").fillna(0) if len(rows) else pd.Series(dtype=float)
+    predicted = counts.groupby(predicted_class.to_numpy()).sum()
+    if per_class is not None and len(per_class):
+        chosen = per_class[per_class["selection"].astype(str) == selection]
+        support = pd.to_numeric(chosen["support"], errors="coerce").fillna(0).groupby(
+            chosen["class"].astype(str).to_numpy()).sum()
+    else:
+        support = counts.groupby(true_class.to_numpy()).sum()
+    if classes is None:
+        classes = list(dict.fromkeys([*support.index, *predicted.index]))
+    classes = [str(c) for c in classes]
+    predicted = predicted.reindex(classes, fill_value=0)
+    support = support.reindex(classes, fill_value=0)
+    total = float(predicted.sum())
+    result = {"flagged": False, "reason": "", "top_class": None, "top_share": None, "never_predicted": []}
+    if total <= 0:
+        return result
+    top_class = str(predicted.idxmax())
+    top_share = float(predicted.max() / total)
+    with_targets = [c for c in classes if support[c] > 0]
+    never = [c for c in with_targets if predicted[c] == 0]
+    result.update(top_class=top_class, top_share=top_share, never_predicted=never)
+    reasons = []
+    if top_share > COLLAPSE_TOP_SHARE:
+        reasons.append(f"class {top_class!r} takes {top_share:.1%} of all predictions (more than "
+                       f"{COLLAPSE_TOP_SHARE:.0%})")
+    if with_targets and len(never) >= COLLAPSE_NEVER_PREDICTED_SHARE * len(with_targets):
+        reasons.append(f"{len(never)} of the {len(with_targets)} classes with test targets are never predicted ("
+                       + ", ".join(never) + ")")
+    if reasons:
+        result["flagged"] = True
+        result["reason"] = f"Predictions of the {selection} epoch, pooled over folds × seeds: " + "; ".join(reasons) + "."
+    return result
+
+
+def summarise(fold_metrics: pd.DataFrame, per_class: pd.DataFrame, confusion: pd.DataFrame | None = None) -> dict:
+    """Mean and std (ddof=1) over all fold x seed pairs, per selection; with `confusion`, the collapse check of
+    the selected epoch (`collapse`)."""
     summary: dict = {}
     for selection, group in fold_metrics.groupby("selection", sort=False):
         summary[selection] = {
@@ -112,6 +163,9 @@ def summarise(fold_metrics: pd.DataFrame, per_class: pd.DataFrame) -> dict:
     selected = per_class[per_class["selection"] == "selected"]
     summary["per_class"] = {name: {metric: float(group[metric].mean()) for metric in ("precision", "recall", "f1")}
                             for name, group in selected.groupby("class", sort=False)}
+    if confusion is not None:
+        classes = list(dict.fromkeys(per_class["class"].astype(str))) if len(per_class) else None
+        summary["collapse"] = collapse(confusion, per_class, classes)
     return summary
 
 
@@ -132,8 +186,8 @@ def write_run(target: Path, result: CrossValidationResult, classes: list[str], c
             if name == "attention" and table.empty:
                 continue
             table.to_csv(temporary / f"{name}.csv", index=False)
-        (temporary / "summary.json").write_text(json.dumps(summarise(tables["fold_metrics"], tables["per_class"]),
-                                                           indent=2))
+        summary = summarise(tables["fold_metrics"], tables["per_class"], tables["confusion"])
+        (temporary / "summary.json").write_text(json.dumps(summary, indent=2))
         (temporary / "config.yaml").write_text(config_yaml)
         (temporary / "fold_manifest.json").write_text(json.dumps(fold_manifest))
         manifest = {"status": COMPLETE, **manifest}
@@ -364,6 +418,15 @@ class Run:
         if value is None and self.fold_manifest:
             value = self.fold_manifest.get("hash")
         return value
+
+    @property
+    def collapse(self) -> dict:
+        """summary.json's `collapse` (the collapse check of the selected epoch); computed with the same rule
+        from confusion.csv and per_class.csv for folders written before summaries had it."""
+        stored = (self.summary or {}).get("collapse")
+        if isinstance(stored, dict) and "flagged" in stored:
+            return stored
+        return collapse(self.confusion, self.per_class, self.classes)
 
     @property
     def has_attention(self) -> bool:

@@ -128,7 +128,7 @@ fold_table = run.fold_metrics[run.fold_metrics["selection"] == "selected"][colum
 display(fold_table.round(4))
 summary_table = pd.DataFrame([{"selection": selection, "metric": metric, "mean": values["mean"], "std": values["std"],
                                "n": values["n"]}
-                              for selection, metrics in run.summary.items() if selection != "per_class"
+                              for selection, metrics in run.summary.items() if selection not in ("per_class", "collapse")
                               for metric, values in metrics.items()])
 display(summary_table.round(4))
 

@@ -149,12 +149,15 @@ def make_fake_run(
     status: str = "complete",
     data_hash: str | None = None,
     finished_at: str = "2025-01-01T00:01:00+00:00",
+    collapse_to: str | None = None,
 ) -> Path:
     """Write `<root>/<dataset>/<run_name>/` following docs/run-folder.md and return its path.
 
     `root` plays the role of `outputs/`. `kind="baseline"` writes an empty curves.csv, no attention and
     no epochs. `status` other than "complete" writes the manifest with that status (a run that did not
-    finish). `data_hash` overrides the hash derived from the dataset (to fake changed data).
+    finish). `data_hash` overrides the hash derived from the dataset (to fake changed data). `collapse_to` (a
+    class name) makes every prediction of every selection that class, like a run that collapsed. summary.json
+    has no `collapse` key, like folders written before it existed.
     """
     root = Path(root)
     classes = tuple(str(c) for c in classes)
@@ -185,6 +188,8 @@ def make_fake_run(
                 else:
                     sel_rng = np.random.default_rng(_stable_int("pred", rng_seed, seed, f, selection))
                     y_pred = _predict(y_true, k, q, sel_rng)
+                if collapse_to is not None:
+                    y_pred = np.full(len(y_true), classes.index(str(collapse_to)))
                 if selection == "selected":
                     pred_selected = y_pred
                 m = _metrics(y_true, y_pred, k)

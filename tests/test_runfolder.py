@@ -203,3 +203,82 @@ def test_a_run_moved_aside_by_a_killed_run_is_put_back(tmp_path):
     target.rename(target.parent / f".hand.replaced-{finished.pid}-1")
     runfolder.remove_stale_temporaries(target)
     assert is_complete(target) and [p.name for p in target.parent.iterdir()] == ["hand"]
+
+
+# --------------------------------------------------------------------------------------------------
+# summary.json's collapse check (docs/run-folder.md): selected-epoch predictions pooled over folds × seeds
+
+
+def _confusion(rows, selection="selected"):
+    """Long confusion rows from {(true, predicted): count} per (seed, fold)."""
+    out = []
+    for (seed, fold), cells in rows.items():
+        for (true, predicted), count in cells.items():
+            out.append({"seed": seed, "fold": fold, "selection": selection, "true_class": true,
+                        "predicted_class": predicted, "count": count})
+    return pd.DataFrame(out, columns=runfolder.CONFUSION_COLUMNS)
+
+
+def test_summary_collapse_of_the_hand_made_run(tmp_path):
+    path = write_run(tmp_path / "toy" / "hand", hand_made_result(), ["a", "b", "c"], "name: hand\n", {"folds": []},
+                     {"run_name": "hand"})
+    summary = json.loads((path / "summary.json").read_text())
+    assert set(summary) == {"selected", "last", "per_class", "collapse"}  # the earlier keys are unchanged
+    # selected predictions by hand: [a, b, b, c] + [c, b, a] -> a 2, b 3, c 2 of 7; every class predicted
+    assert summary["collapse"] == {"flagged": False, "reason": "", "top_class": "b", "top_share": pytest.approx(3 / 7),
+                                   "never_predicted": []}
+    assert runfolder.load_run(path).collapse == summary["collapse"]
+
+
+def test_summary_collapse_flags_a_run_that_predicts_one_class(tmp_path):
+    folds = [FoldResult(seed=seed, fold=fold, curves=[], selected_epoch=0, last_epoch=0,
+                        test_target=np.array([0, 1, 1, 2, 2, 2]),
+                        predictions={"selected": np.zeros(6, dtype=int), "last": np.array([0, 1, 1, 2, 2, 2])})
+             for seed in (0, 1) for fold in (0, 1)]
+    result = CrossValidationResult(fold_results=folds, device="cpu", device_name="cpu")
+    path = write_run(tmp_path / "toy" / "flat", result, ["a", "b", "c"], "name: flat\n", {"folds": []},
+                     {"run_name": "flat"})
+    collapse = json.loads((path / "summary.json").read_text())["collapse"]
+    assert collapse["flagged"] is True
+    assert collapse["top_class"] == "a" and collapse["top_share"] == 1.0  # 24 of 24 predictions
+    assert collapse["never_predicted"] == ["b", "c"]
+    assert "'a'" in collapse["reason"] and "100.0%" in collapse["reason"] and "b, c" in collapse["reason"]
+    assert "2 of the 3 classes" in collapse["reason"]
+
+
+@pytest.mark.parametrize("predicted, support, flagged, never", [
+    # one class at exactly 90 % is not "more than 90 %"; one of three never predicted is less than half
+    ({"a": 9, "b": 1, "c": 0}, {"a": 4, "b": 3, "c": 3}, False, ["c"]),
+    # 10 of 11 = 90.9 % > 90 %
+    ({"a": 10, "b": 1, "c": 0}, {"a": 4, "b": 4, "c": 3}, True, ["c"]),
+    # no class above 90 %, but 2 of the 4 classes with targets are never predicted: half -> flagged
+    ({"a": 5, "b": 5, "c": 0, "d": 0}, {"a": 3, "b": 3, "c": 2, "d": 2}, True, ["c", "d"]),
+    # a class without test targets that is never predicted does not count
+    ({"a": 5, "b": 4, "c": 1, "d": 0}, {"a": 4, "b": 3, "c": 3, "d": 0}, False, []),
+])
+def test_collapse_rule_thresholds(predicted, support, flagged, never):
+    # Spread the counts over two (seed, fold) pairs to check the pooling: true class taken round-robin from
+    # the supports, predicted classes as listed; the column sums are `predicted`, the row sums `support`.
+    trues = [c for c, n in support.items() for _ in range(n)]
+    preds = [c for c, n in predicted.items() for _ in range(n)]
+    assert len(trues) == len(preds)
+    cells = [{}, {}]
+    for i, (t, p) in enumerate(zip(trues, preds)):
+        cells[i % 2][(t, p)] = cells[i % 2].get((t, p), 0) + 1
+    confusion = _confusion({(0, 0): cells[0], (1, 0): cells[1]})
+    # A "last" selection predicting only "a" must not count.
+    confusion = pd.concat([confusion, _confusion({(0, 0): {("b", "a"): 100}}, selection="last")])
+    result = runfolder.collapse(confusion, classes=list(predicted))
+    total = sum(predicted.values())
+    top = max(predicted, key=predicted.get)
+    assert result["top_class"] == top and result["top_share"] == pytest.approx(predicted[top] / total)
+    assert result["never_predicted"] == never
+    assert result["flagged"] is flagged
+    assert bool(result["reason"]) is flagged
+    assert runfolder.COLLAPSE_TOP_SHARE == 0.9 and runfolder.COLLAPSE_NEVER_PREDICTED_SHARE == 0.5
+
+
+def test_collapse_of_an_empty_table_is_not_flagged():
+    empty = pd.DataFrame(columns=runfolder.CONFUSION_COLUMNS)
+    assert runfolder.collapse(empty) == {"flagged": False, "reason": "", "top_class": None, "top_share": None,
+                                         "never_predicted": []}

@@ -37,3 +37,33 @@ def test_select_runs_limits_to_one_dataset(tmp_path):
     with pytest.raises(ValueError, match="no complete run named 'zz'"):
         runfolder.select_runs(root, ["zz"])
     assert len({runfolder.load_run(p).dataset for p in runfolder.select_runs(root)}) == 1
+
+
+def test_old_folders_get_the_collapse_check_from_confusion_csv(tmp_path):
+    """Folders whose summary.json has no `collapse` (the fake runs, like folders written before it) are
+    checked when read, from confusion.csv: predicted counts = column sums of the selected rows."""
+    import pandas as pd
+
+    root = tmp_path / "outputs"
+    flat = make_fake_run(root, run_name="flat", seeds=(0, 1), collapse_to="C")
+    fine = make_fake_run(root, run_name="fine", quality=0.7)
+    for path in (flat, fine):
+        assert "collapse" not in json.loads((path / "summary.json").read_text())
+        confusion = pd.read_csv(path / "confusion.csv")
+        selected = confusion[confusion["selection"] == "selected"]
+        predicted = selected.groupby("predicted_class")["count"].sum()
+        collapse = runfolder.load_run(path).collapse
+        assert collapse["top_class"] == predicted.idxmax()
+        assert collapse["top_share"] == pytest.approx(predicted.max() / predicted.sum())
+    flat_collapse = runfolder.load_run(flat).collapse
+    assert flat_collapse["flagged"] and flat_collapse["top_share"] == 1.0
+    assert flat_collapse["never_predicted"] == ["A", "B"] and "'C'" in flat_collapse["reason"]
+    assert not runfolder.load_run(fine).collapse["flagged"]
+
+
+def test_a_stored_collapse_is_read_as_written(tmp_path):
+    path = make_fake_run(tmp_path / "outputs", run_name="a", collapse_to="A")
+    summary = json.loads((path / "summary.json").read_text())
+    stored = {"flagged": False, "reason": "", "top_class": "B", "top_share": 0.5, "never_predicted": []}
+    (path / "summary.json").write_text(json.dumps({**summary, "collapse": stored}))
+    assert runfolder.load_run(path).collapse == stored

@@ -35,10 +35,14 @@ def _fmt(value, spec: str = ".4f") -> str:
     return format(value, spec)
 
 
+COLLAPSED = "⚠ collapsed: "
+
+
 def leaderboard_html(table: pd.DataFrame) -> str:
-    """The leaderboard as an HTML table (class `leaderboard`, one body row per run)."""
+    """The leaderboard as an HTML table (class `leaderboard`, one body row per run). A run whose predictions
+    collapsed (the table's `flag`) gets the row class `collapsed` and "⚠ collapsed: <reason>" in its note."""
     head = ["run", "model", "kind", "n", "macro-F1", "accuracy", "macro-F1 (classes ≥50)",
-            "Δ macro-F1", "Δ accuracy", "pairs", "Wilcoxon p", "note"]
+            "Δ macro-F1", "Δ accuracy", "Δ baseline", "Δ best reference", "pairs", "Wilcoxon p", "note"]
     out = ['<table class="leaderboard">', "<thead><tr>"]
     out += [f"<th>{html.escape(h)}</th>" for h in head]
     out.append("</tr></thead><tbody>")
@@ -49,10 +53,18 @@ def leaderboard_html(table: pd.DataFrame) -> str:
             f"{_fmt(row.accuracy_mean)} ± {_fmt(row.accuracy_std)}",
             _fmt(row.macro_f1_min50_mean),
             _fmt(row.delta_macro_f1, "+.4f"), _fmt(row.delta_accuracy, "+.4f"),
+            _fmt(getattr(row, "delta_to_baseline", None), "+.4f"),
+            _fmt(getattr(row, "delta_to_best_reference", None), "+.4f"),
             "–" if pd.isna(row.n_pairs) else str(int(row.n_pairs)),
-            _fmt(row.p_wilcoxon, ".3g"), row.note,
+            _fmt(row.p_wilcoxon, ".3g"),
         ]
-        cls = ' class="reference"' if row.is_reference else ""
+        flag = getattr(row, "flag", "") or ""
+        note = row.note if isinstance(row.note, str) else ""
+        if flag:
+            note = COLLAPSED + flag + (f" ({note})" if note else "")
+        cells.append(note)
+        classes = (["reference"] if row.is_reference else []) + (["collapsed"] if flag else [])
+        cls = f' class="{" ".join(classes)}"' if classes else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c if c is not None else '–'))}</td>" for c in cells)
                    + "</tr>")
     out.append("</tbody></table>")
@@ -102,6 +114,7 @@ h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; 
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } tr.reference td { background: #eef5ff; }
+tr.collapsed td { background: #fff3e0; } tr.collapsed td:last-child { color: #a04000; font-weight: bold; }
 .note { color: #555; font-size: .9em; } .figure { margin: .8em 0 1.5em 0; }
 """
 
@@ -165,8 +178,22 @@ def write_report(run_paths, output_path, title: str = "nextpoi analysis report",
     parts.append(
         f'<p class="note">Selection: {html.escape(selection)} epoch. Mean ± std (ddof=1) over fold × seed; '
         f"Δ against the reference run <b>{html.escape(table.attrs['reference'])}</b>; Wilcoxon: two-sided "
-        "signed-rank test over matched (seed, fold) pairs.</p>"
+        "signed-rank test over matched (seed, fold) pairs. Δ baseline: macro-F1 minus the run named "
+        f"<b>{html.escape(str(table.attrs.get('baseline') or 'baseline (none here)'))}</b>; Δ best reference: macro-F1 "
+        "minus the best reference method (kind <i>baseline</i>: majority, last category, Markov, boosted trees) "
+        f"<b>{html.escape(str(table.attrs.get('best_reference') or '(none here)'))}</b>, the floor a model has to "
+        "beat.</p>"
     )
+    collapsed = table[table["flag"].astype(bool)] if "flag" in table else table.iloc[0:0]
+    if len(collapsed):
+        parts.append(
+            f'<p class="note"><b>{html.escape(COLLAPSED.strip())}</b> {len(collapsed)} run(s) — '
+            + html.escape(", ".join(collapsed["run"].astype(str)))
+            + " — predict (almost) one class for every window, or never predict half the classes (the row's note "
+            "says which). The majority reference does so by design; a trained model flagged like it learnt no more "
+            "than the class frequencies under these settings, which is why its macro-F1 is near zero — the "
+            "workbench did not fail.</p>"
+        )
     for note in table.attrs.get("notes", []):
         parts.append(f'<p class="note"><b>Note:</b> {html.escape(note)}</p>')
     parts.append(leaderboard_html(table))

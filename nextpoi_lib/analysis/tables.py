@@ -214,24 +214,41 @@ def _paired_test(row: dict, notes: list[str], run: Run, ref: Run, selection: str
 
 LEADERBOARD_COLUMNS = [
     "run", "model", "kind", "profile", "n", "macro_f1_mean", "macro_f1_std", "accuracy_mean", "accuracy_std",
-    "macro_f1_min50_mean", "delta_macro_f1", "delta_accuracy", "n_pairs", "p_wilcoxon", "is_reference", "note",
+    "macro_f1_min50_mean", "delta_macro_f1", "delta_accuracy", "delta_to_baseline", "delta_to_best_reference",
+    "n_pairs", "p_wilcoxon", "is_reference", "note", "flag",
 ]
+# The kind of the reference methods (majority, last category, Markov, boosted trees): the floor to beat.
+REFERENCE_KIND = "baseline"
+
+
+def _macro_f1_mean(run: Run, selection: str) -> float:
+    values = _rows(run, selection)["macro_f1"].dropna().to_numpy(float)
+    return float(values.mean()) if len(values) else float("nan")
 
 
 def leaderboard(runs, reference=None, selection: str = "selected", metric: str = "macro_f1") -> pd.DataFrame:
     """One row per run, best macro-F1 first.
 
     Columns: run, model, kind, profile, n, macro_f1_mean/std, accuracy_mean/std, macro_f1_min50_mean,
-    delta_macro_f1 and delta_accuracy (mean minus the reference's mean), n_pairs (matched (seed, fold)
-    pairs), p_wilcoxon (two-sided, on `metric` over the matched pairs), is_reference, note.
+    delta_macro_f1 and delta_accuracy (mean minus the reference's mean), delta_to_baseline (macro-F1 mean
+    minus that of the run named "baseline"; NaN without one), delta_to_best_reference (macro-F1 mean minus
+    the best run of kind "baseline", the reference methods; NaN without one), n_pairs (matched (seed, fold)
+    pairs), p_wilcoxon (two-sided, on `metric` over the matched pairs), is_reference, note, flag (empty, or
+    the reason the run's selected-epoch predictions collapsed: `Run.collapse`).
     `kind` is the run kind under today's names (an old folder's "hybrid" reads "blended").
     `reference` is a run name, label, index or path; default the run named "baseline", else the first.
-    The table's `attrs` carry `reference`, `selection`, `metric` and the comparability `notes`.
+    The table's `attrs` carry `reference`, `selection`, `metric`, the comparability `notes`, `baseline`
+    and `best_reference` (labels, or None).
     """
     runs = load_runs(runs)
     comparability = check_comparable(runs)
     ref = _resolve_reference(runs, reference)
     ref_rows = _rows(ref, selection)
+    named_baseline = next((r for r in runs if r.name == "baseline"), None)
+    baseline_mean = _macro_f1_mean(named_baseline, selection) if named_baseline is not None else float("nan")
+    references = [(r, _macro_f1_mean(r, selection)) for r in runs if r.kind == REFERENCE_KIND]
+    references = [(r, m) for r, m in references if not np.isnan(m)]
+    best_reference, best_reference_mean = max(references, key=lambda rm: rm[1]) if references else (None, float("nan"))
     rows = []
     for run in runs:
         data = _rows(run, selection)
@@ -250,6 +267,8 @@ def leaderboard(runs, reference=None, selection: str = "selected", metric: str =
         for m in ("macro_f1", "accuracy"):
             ref_mean = ref_rows[m].mean() if len(ref_rows) else float("nan")
             row[f"delta_{m}"] = row[f"{m}_mean"] - ref_mean
+        row["delta_to_baseline"] = row["macro_f1_mean"] - baseline_mean
+        row["delta_to_best_reference"] = row["macro_f1_mean"] - best_reference_mean
         row["n_pairs"] = np.nan
         row["p_wilcoxon"] = np.nan
         notes = []
@@ -261,6 +280,8 @@ def leaderboard(runs, reference=None, selection: str = "selected", metric: str =
         else:
             _paired_test(row, notes, run, ref, selection, metric)
         row["note"] = "; ".join(notes)
+        collapsed = run.collapse
+        row["flag"] = str(collapsed.get("reason") or "collapsed") if collapsed.get("flagged") else ""
         rows.append(row)
     table = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     table = table.sort_values("macro_f1_mean", ascending=False, kind="stable", na_position="last")
@@ -269,6 +290,8 @@ def leaderboard(runs, reference=None, selection: str = "selected", metric: str =
     table.attrs.update(
         reference=ref.label, selection=selection, metric=metric, notes=list(comparability.notes),
         paired=comparability.paired,
+        baseline=named_baseline.label if named_baseline is not None else None,
+        best_reference=best_reference.label if best_reference is not None else None,
     )
     return table
 

@@ -172,3 +172,73 @@ def test_report_renders_in_chromium(report, runs):
     assert not problems, "\n".join(problems)
     outside = [u for u in requests if not u.startswith("file://") and not u.startswith("data:")]
     assert not outside, f"the report fetched {outside}"
+
+
+# ----------------------------------------------------------- collapsed runs and the reference methods
+
+
+@pytest.fixture(scope="module")
+def grid_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid-report") / "outputs"
+    return {
+        "baseline": make_fake_run(root, run_name="baseline", quality=0.55),
+        "A": make_fake_run(root, run_name="A", rng_seed=3, collapse_to="C"),
+        "markov": make_fake_run(root, run_name="markov", kind="baseline", quality=0.65, rng_seed=5),
+    }
+
+
+def _row(html_text, run):
+    (row,) = [r for r in re.findall(r"<tr[^>]*>.*?</tr>", html_text, re.S) if re.match(rf"<tr[^>]*><td>{run}</td>", r)]
+    return row
+
+
+def test_leaderboard_html_shows_the_collapse_and_the_reference_deltas(grid_runs):
+    import pandas as pd
+
+    from nextpoi_lib.analysis import tables
+
+    html_text = analysis_report.leaderboard_html(tables.leaderboard(list(grid_runs.values())))
+    assert "<th>Δ baseline</th>" in html_text and "<th>Δ best reference</th>" in html_text
+    row = _row(html_text, "A")
+    assert row.startswith('<tr class="collapsed">')
+    assert "⚠ collapsed: " in row and "&#x27;C&#x27; takes 100.0% of all predictions" in row
+    assert "never predicted (A, B)" in row
+    for run in ("baseline", "markov"):
+        assert "⚠" not in _row(html_text, run)
+    means = {n: pd.read_csv(p / "fold_metrics.csv").query("selection == 'selected'")["macro_f1"].mean()
+             for n, p in grid_runs.items()}
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    assert f"{means['A'] - means['baseline']:+.4f}" in cells
+    assert f"{means['A'] - means['markov']:+.4f}" in cells
+
+
+def test_report_explains_collapsed_runs(grid_runs, tmp_path):
+    path = analysis_report.write_report(list(grid_runs.values()), tmp_path / "report.html")
+    text = path.read_text(encoding="utf-8")
+    assert "⚠ collapsed:</b> 1 run(s) — A —" in text
+    assert "best reference method" in text and "<b>markov</b>" in text
+
+
+@pytest.mark.filterwarnings("ignore:optimizer.learning_rate")
+def test_main_job_runs_the_reference_methods_in_the_same_batch():
+    """nextpoi.sh main: baseline + A-D and the four reference methods in one `nextpoi batch` call under
+    `--profile auto`; under the cpu profile the references get the grid's windows, folds and seed."""
+    from nextpoi_lib.experiment import load_config
+
+    script = (REPO / "nextpoi.sh").read_text()
+    main = re.search(r"^  main\)\n(.*?)^    exit \$status ;;", script, re.S | re.M).group(1)
+    batches = [" ".join(c.replace("\\\n", " ").split()) for c in re.findall(r"nextpoi batch (.*?)\|\|", main, re.S)]
+    assert len(batches) == 1
+    (batch,) = batches
+    files = [w for w in batch.split() if w.endswith(".yaml")]
+    references = [f"parameters/baselines/{n}.yaml" for n in ("majority", "last_category", "markov",
+                                                              "gradient_boosting")]
+    grid = ["parameters/baseline.yaml"] + [f"parameters/{x}.yaml" for x in "ABCD"]
+    assert files == grid + references and "--profile auto" in batch
+    assert all((REPO / f).is_file() for f in files)
+    users = load_config(REPO / grid[0], profile="cpu", gpu_visible=False)
+    for f in references:
+        config = load_config(REPO / f, profile="cpu", gpu_visible=False)
+        assert (config.windows.length, config.windows.stride) == (users.windows.length, users.windows.stride) == (9, 9)
+        assert config.training.seeds == users.training.seeds == [0]
+        assert config.folds == users.folds

@@ -355,3 +355,62 @@ def test_old_hybrid_run_folders_are_analysed_as_blended(tmp_path):
     assert table.loc["old_blend", "kind"] == "blended"
     assert table.loc["old_blend", "n_pairs"] == 15
     assert tables.runs_table([old]).loc[0, "kind"] == "blended"
+
+
+# ------------------------------------------------------------------- collapse flag and reference deltas
+
+
+@pytest.fixture(scope="module")
+def grid_and_references(tmp_path_factory):
+    """The main job in small: the users' baseline, a run that predicts the smallest class ("C", class i ∝
+    1/(i+1)) for every window, a good run, and two reference methods (kind "baseline"), one of them majority."""
+    root = tmp_path_factory.mktemp("grid") / "outputs"
+    return {
+        "baseline": make_fake_run(root, run_name="baseline", seeds=(0, 1), quality=0.55),
+        "A": make_fake_run(root, run_name="A", seeds=(0, 1), rng_seed=3, collapse_to="C"),
+        "B": make_fake_run(root, run_name="B", seeds=(0, 1), quality=0.8, rng_seed=4),
+        "majority": make_fake_run(root, run_name="majority", seeds=(0, 1), kind="baseline", model="majority",
+                                  collapse_to="A"),
+        "markov": make_fake_run(root, run_name="markov", seeds=(0, 1), kind="baseline", quality=0.65, rng_seed=5),
+    }
+
+
+def test_leaderboard_flags_runs_that_predict_one_class(grid_and_references):
+    table = tables.leaderboard(list(grid_and_references.values())).set_index("run")
+    assert "flag" in table.columns
+    for name in ("baseline", "B", "markov"):
+        assert table.loc[name, "flag"] == ""
+    for name, cls in (("A", "C"), ("majority", "A")):
+        flag = table.loc[name, "flag"]
+        assert f"'{cls}'" in flag and "100.0%" in flag
+        others = ", ".join(c for c in CLASSES if c != cls)
+        assert f"2 of the 3 classes with test targets are never predicted ({others})" in flag
+    # The collapsed run's macro-F1, by hand with scikit-learn on its pooled labels, is what the page shows.
+    from sklearn.metrics import f1_score
+    per_fold = []
+    confusion = pd.read_csv(grid_and_references["A"] / "confusion.csv")
+    for _, d in confusion[confusion["selection"] == "selected"].groupby(["seed", "fold"]):
+        y_true = np.repeat(d["true_class"].to_numpy(), d["count"].to_numpy())
+        per_fold.append(f1_score(y_true, ["C"] * len(y_true), labels=list(CLASSES), average="macro",
+                                 zero_division=0))
+    assert table.loc["A", "macro_f1_mean"] == pytest.approx(np.mean(per_fold))
+
+
+def test_leaderboard_deltas_to_baseline_and_best_reference(grid_and_references):
+    table = tables.leaderboard(list(grid_and_references.values())).set_index("run")
+    means = {name: fold_rows(path)["macro_f1"].mean() for name, path in grid_and_references.items()}
+    best_reference = max(("majority", "markov"), key=means.get)
+    assert best_reference == "markov"
+    assert table.attrs["baseline"] == "baseline" and table.attrs["best_reference"] == "markov"
+    for name in grid_and_references:
+        assert table.loc[name, "delta_to_baseline"] == pytest.approx(means[name] - means["baseline"], abs=1e-12)
+        assert table.loc[name, "delta_to_best_reference"] == pytest.approx(means[name] - means[best_reference],
+                                                                           abs=1e-12)
+    assert table.loc["markov", "delta_to_best_reference"] == 0
+
+
+def test_leaderboard_deltas_are_missing_without_baseline_or_references(grid_and_references):
+    runs = [grid_and_references[n] for n in ("A", "B")]
+    table = tables.leaderboard(runs)
+    assert table["delta_to_baseline"].isna().all() and table["delta_to_best_reference"].isna().all()
+    assert table.attrs["baseline"] is None and table.attrs["best_reference"] is None
