@@ -54,6 +54,15 @@ class DatasetConfig:
     # Fixed class list in id order (e.g. Gowalla's 7 categories); empty: the classes found in the data,
     # most frequent first. A category outside a given list is an error.
     classes: list[str] | None = None
+    # Raw category name -> class name, applied right after loading (before the classes are derived), so targets,
+    # category inputs, POI graph features and fold stratification all see the mapped classes. Several raw names
+    # may map to one class (merging them); a raw category not in the map keeps its name. A key that is not a
+    # category of the data is an error (a typo would otherwise merge nothing). E.g. parameters/classes/gowalla7.yaml.
+    class_map: dict[str, str] | None = None
+    # Classes with fewer check-ins than this (after the user filter) stop being targets: windows predicting them
+    # are removed; their visits stay in the windows as observed visits of unknown category (category id -1, like
+    # a visit without category). The dropped classes and their counts are in the windows report. null: keep all.
+    min_class_checkins: int | None = None
     # next.parquet stores no mask; its writer padded short windows on the right with zero vectors.
     # "trailing_zero_rows" reads trailing all-zero positions as padding (only for that legacy file),
     # "none" treats every position as a real visit.
@@ -359,6 +368,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r} is not a valid choice. Valid choices: "
                               f"{', '.join(repr(a) for a in args)}.")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping of names, e.g. {{'Nightlife Spot': 'Nightlife'}}.")
+        return {_coerce(name, args[0], f"{key} key"): _coerce(item, args[1], f"{key}[{name!r}]")
+                for name, item in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r} must be a list, e.g. [{value!r}].")
@@ -438,6 +452,22 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
         _require(d.path is not None, f"dataset.path is required when dataset.source={d.source!r}: give the "
                                      f"path of the {'check-in table (CSV or parquet)' if d.source == 'checkins' else 'next.parquet file'}.")
     _require(d.min_checkins_per_user >= 1, f"dataset.min_checkins_per_user={d.min_checkins_per_user} must be >= 1.")
+    if d.class_map is not None:
+        _require(len(d.class_map) >= 1, "dataset.class_map is empty: map at least one raw category to a class "
+                                        "(e.g. {'Nightlife Spot': Nightlife}), or set it to null.")
+        empty = [raw_name for raw_name, name in d.class_map.items() if not raw_name.strip() or not name.strip()]
+        _require(not empty, f"dataset.class_map[{empty[0] if empty else ''!r}]: raw category and class names must "
+                            f"not be empty.")
+        if d.classes is not None:
+            outside = sorted(set(d.class_map.values()) - set(d.classes))
+            _require(not outside, f"dataset.class_map maps onto {outside}, which dataset.classes {d.classes} does "
+                                  f"not list. Add them to dataset.classes or fix the class_map values.")
+    if d.min_class_checkins is not None:
+        _require(d.min_class_checkins >= 1, f"dataset.min_class_checkins={d.min_class_checkins} must be >= 1 "
+                                            f"(or null to keep every class).")
+        _require(d.source != "next_parquet",
+                 "dataset.min_class_checkins counts check-ins, and a next.parquet file holds windows only: remove "
+                 "it, or load the check-in table (dataset.source: checkins).")
     if e.source == "table":
         _require(e.path is not None, "embeddings.path is required when embeddings.source='table': give the "
                                      "parquet/CSV with columns placeid, '0'..'63'.")

@@ -313,6 +313,9 @@ def load_checkins(config: DatasetConfig, dataset_name: str) -> CheckinTable:
         frame = canonicalise(raw, config, source_name)
     else:
         raise DataError(f"dataset.source={config.source!r} holds windows, not check-ins; use load_next_parquet.")
+    class_map = getattr(config, "class_map", None)
+    if class_map:
+        frame = frame.assign(category=apply_class_map(frame["category"], class_map, source_name))
     classes = validate_checkins(frame, source_name, getattr(config, "classes", None))
     frame["category"] = frame["category"].astype(str)
     counts = frame.groupby("user_id")["user_id"].transform("size")
@@ -330,6 +333,22 @@ def load_checkins(config: DatasetConfig, dataset_name: str) -> CheckinTable:
                           f"(dataset.category_column) of {source_name}")
     return CheckinTable(frame=frame, classes=classes, name=dataset_name, data_hash=frame_hash(frame),
                         dropped_users=dropped_users, dropped_duplicate_rows=dropped_duplicates)
+
+
+def apply_class_map(categories: pd.Series, class_map: dict[str, str], source_name: str) -> pd.Series:
+    """`dataset.class_map`: each raw category name found in the map becomes its class name (several raw names may
+    become one class); a raw category not in the map keeps its name. A key that is no category of the data is
+    refused, naming it: a misspelt key would otherwise merge nothing, silently. Missing values stay missing (and
+    are refused by validate_checkins)."""
+    present = set(categories.dropna().astype(str))
+    unknown = sorted(set(class_map) - present)
+    if unknown:
+        raise DataError(f"dataset.class_map names raw categories {unknown[:5]} that {source_name} does not have. "
+                        f"Its categories are {sorted(present)[:12]}{' ...' if len(present) > 12 else ''}. Fix "
+                        f"or remove those keys of dataset.class_map.")
+    mapped = categories.astype("string").map(lambda name: class_map.get(name, name) if isinstance(name, str)
+                                             else name)
+    return mapped.astype("string")
 
 
 def drop_duplicate_rows(frame: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, int]:

@@ -13,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 
 from .config import ExperimentConfig
-from .data import load_checkins, load_next_parquet, poi_table
+from .data import DataError, apply_class_map, check_several_classes, load_checkins, load_next_parquet, poi_table
 from .devices import resolve_device
 from .embeddings import cached_dgi_embeddings, load_embedding_table
 from .folds import FoldManifest, assign_users, make_fold_manifest, warn_rare_classes
 from .progress import Progress
-from .windows import WindowSet, build_windows, windows_from_next_parquet
+from .windows import WindowSet, build_windows, rare_classes, windows_from_next_parquet
 
 
 @dataclass
@@ -56,6 +56,22 @@ def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress, 
                                  device=device, progress=config.training.progress)
 
 
+# Models that read the categories of the observed visits as counts, keys or predictions (tabular window features,
+# the user's history and transitions, the category baselines). They assume every observed visit has a target-class
+# id, which a class dropped by dataset.min_class_checkins (its visits: category -1) breaks; refused up front.
+CATEGORY_READING_MODELS = ("gradient_boosting", "blended_trees", "last_category", "most_frequent_in_window", "markov")
+
+
+def check_dropped_classes(config: ExperimentConfig, dropped: dict[str, int]) -> None:
+    """Refuse, before the embeddings are computed, a run whose model cannot read visits of a dropped class."""
+    if dropped and config.model.name in CATEGORY_READING_MODELS:
+        raise DataError(f"dataset.min_class_checkins={config.dataset.min_class_checkins} drops the classes "
+                        f"{dropped} (check-ins per class), whose visits stay in the windows with an unknown "
+                        f"category; model.name={config.model.name!r} reads the visits' categories and does not "
+                        f"support that yet. Merge those classes into others with dataset.class_map instead, or use "
+                        f"a neural head.")
+
+
 def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
                  with_embeddings: bool | None = None) -> PreparedData:
     """Windows and folds for a config. Folds depend only on the check-ins and the fold settings.
@@ -66,6 +82,11 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
     dataset_name = config.dataset_name()
     if config.dataset.source == "next_parquet":
         next_file = load_next_parquet(config.dataset.path, config.windows.length)
+        if config.dataset.class_map:
+            next_file.labels = apply_class_map(pd.Series(next_file.labels), config.dataset.class_map,
+                                               f"next.parquet file {config.dataset.path!r}").astype(str).tolist()
+            check_several_classes(pd.Series(next_file.labels), f"The next_category column of {config.dataset.path!r} "
+                                  f"after dataset.class_map")
         windows = windows_from_next_parquet(next_file, config.dataset.classes, config.dataset.legacy_padding)
         data_hash = file_hash(Path(config.dataset.path))
         manifest = make_fold_manifest(windows.users, windows.target, config.folds, data_hash)
@@ -77,9 +98,10 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
         if config.folds.strategy == "user_grouped":
             # The same assignment make_fold_manifest would make from the check-ins, made before the embeddings.
             assignment = assign_users(checkins.frame["user_id"].to_numpy(), checkins.category_index, config.folds)
+        check_dropped_classes(config, rare_classes(checkins, config.dataset.min_class_checkins))
         embeddings = embedding_table_for(config, checkins, progress, with_embeddings)
         windows = build_windows(checkins, embeddings, config.windows.length, config.windows.stride,
-                                config.embeddings.missing)
+                                config.embeddings.missing, config.dataset.min_class_checkins)
         data_hash = checkins.data_hash
         manifest = make_fold_manifest(windows.users, windows.target, config.folds, data_hash,
                                       assignment_users=checkins.frame["user_id"].to_numpy(),
@@ -89,5 +111,8 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
     progress(f"Data {dataset_name}: {report['n_windows']} windows of {windows.length} visits from "
              f"{report['n_users']} users, {len(windows.classes)} classes"
              + (f"; {report['missing_embedding_visits']} visits without embedding ({report['missing_embedding_policy']})"
-                if report.get("missing_embedding_visits") else ""))
+                if report.get("missing_embedding_visits") else "")
+             + (f"; classes with fewer than {report['min_class_checkins']} check-ins are no targets: "
+                f"{report['dropped_classes_min_checkins']} ({report['dropped_windows_rare_class']} windows removed)"
+                if report.get("dropped_classes_min_checkins") else ""))
     return PreparedData(windows=windows, fold_manifest=manifest, data_hash=data_hash, dataset_name=dataset_name)

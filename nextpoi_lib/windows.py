@@ -102,14 +102,35 @@ def window_bounds(visit_counts: np.ndarray, length: int, stride: int) -> tuple[n
     return np.concatenate(users), np.concatenate(starts), np.concatenate(ends)
 
 
+def rare_classes(checkins: CheckinTable, min_class_checkins: int | None) -> dict[str, int]:
+    """`dataset.min_class_checkins`: {class: check-in count} of the classes with fewer check-ins (in class-id
+    order); empty when the setting is null or every class has enough."""
+    if min_class_checkins is None:
+        return {}
+    counts = np.bincount(checkins.category_index, minlength=len(checkins.classes))
+    return {name: int(count) for name, count in zip(checkins.classes, counts) if count < min_class_checkins}
+
+
 def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int = 9, stride: int = 1,
-                  missing: str = "error") -> WindowSet:
+                  missing: str = "error", min_class_checkins: int | None = None) -> WindowSet:
     """Cut sorted check-ins into windows; `embeddings` is indexed by poi_id with one column per dimension.
 
     `missing` decides what happens to visits whose POI has no embedding: "error", "mask" (the position is
     marked unobserved) or "drop_window" (windows containing one are removed). The count is always reported.
+
+    `min_class_checkins`: classes with fewer check-ins stop being targets. Windows predicting them are removed;
+    their visits stay observed inputs (POI, time, coordinates) with category id -1, the "unknown category" that
+    the input encoder already maps to its padding row, so the target classes keep ids 0..C-1 and every model's
+    output layer covers exactly them. The dropped classes, their check-in counts and the removed windows are
+    reported.
     """
     frame = checkins.frame
+    dropped_classes = rare_classes(checkins, min_class_checkins)
+    classes = [name for name in checkins.classes if name not in dropped_classes]
+    if dropped_classes and len(classes) < 2:
+        raise DataError(f"dataset.min_class_checkins={min_class_checkins} leaves {len(classes)} target class "
+                        f"({', '.join(classes) or 'none'}) of {checkins.classes}: nothing to predict. Lower "
+                        f"dataset.min_class_checkins or merge classes with dataset.class_map.")
     user_codes, user_names = pd.factorize(frame["user_id"], sort=False)
     # frame is sorted by user, so each user's visits are contiguous.
     visit_counts = np.bincount(user_codes, minlength=len(user_names))
@@ -156,6 +177,17 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
     gap[1:] = (np.diff(seconds) / 3600.0).astype(np.float32)
     gap[offsets] = 0.0  # the first check-in of each user has no previous one
     category = checkins.category_index
+    rare_target_windows = 0
+    if dropped_classes:
+        # Old class id -> new one; a dropped class -> -1 (its visits: observed, category unknown).
+        new_id = np.array([classes.index(name) if name in classes else -1 for name in checkins.classes], np.int64)
+        category = new_id[category]
+        keep = category[target_row] >= 0
+        rare_target_windows = int((~keep).sum())
+        visit, observed, target_row, window_user = visit[keep], observed[keep], target_row[keep], window_user[keep]
+        first_row = first_row[keep]
+        if not len(target_row):
+            raise DataError(f"dataset.min_class_checkins={min_class_checkins} removes every window. Lower it.")
     poi_index = np.where(observed, np.maximum(embedding_row[visit], 0), 0)
     # The check-in row of each window's last observed visit (the row before the target unless it was masked).
     last_row = visit[np.arange(len(visit)), observed.shape[1] - 1 - np.argmax(observed[:, ::-1], axis=1)]
@@ -177,13 +209,16 @@ def build_windows(checkins: CheckinTable, embeddings: pd.DataFrame, length: int 
         "window_length": length,
         "stride": stride,
     }
+    if min_class_checkins is not None:
+        report.update({"min_class_checkins": min_class_checkins, "dropped_classes_min_checkins": dropped_classes,
+                       "dropped_windows_rare_class": rare_target_windows})
     return WindowSet(
         poi_index=poi_index.astype(np.int64), mask=observed, category_index=np.where(observed, category[visit], -1),
         hour=per_position(hour, 0.0), weekday=per_position(weekday, 0), gap_hours=per_position(gap, 0.0),
         latitude=per_position(frame["latitude"].to_numpy(np.float32), 0.0),
         longitude=per_position(frame["longitude"].to_numpy(np.float32), 0.0),
         target=category[target_row], target_hour=hour[target_row], target_weekday=weekday[target_row],
-        users=user_names.to_numpy().astype(str)[window_user], classes=list(checkins.classes),
+        users=user_names.to_numpy().astype(str)[window_user], classes=list(classes),
         embedding_table=embedding_table, report=report,
         subcategory_index=None if subcategory is None else np.where(observed, subcategory[visit], -1),
         sequence=CheckinSequence(category=category, poi=pd.factorize(frame["poi_id"], sort=False)[0],

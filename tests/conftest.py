@@ -57,5 +57,5 @@ def three_seeds(tmp_path_factory):
     return three_seed_runs(tmp_path_factory.mktemp("three") / "outputs")
 
 
-# The bad-input harness's spy on the work (tests/harness.py), for every test that asks for it.
-from harness import work_spy  # noqa: E402,F401
+# The bad-input harness's fixtures (tests/harness.py): the spy on the work and an output root with a user's file.
+from harness import output_root, work_spy  # noqa: E402,F401

@@ -73,6 +73,15 @@ def work_spy(monkeypatch) -> WorkSpy:
     return spy
 
 
+@pytest.fixture
+def output_root(tmp_path) -> Path:
+    """An output root that already holds a user's file: a refused run must leave it (and everything) as it was."""
+    root = tmp_path / "outputs"
+    (root / "earlier").mkdir(parents=True)
+    (root / "earlier" / "keep.txt").write_text("a user's file")
+    return root
+
+
 def assert_refused(result: CliResult, *named: str, spy: WorkSpy | None = None) -> str:
     """The checks (1)-(4) of the module docstring; returns the message. `named`: texts the message must contain
     (the key / column / file, and the fix)."""

@@ -15,7 +15,8 @@ from nextpoi_lib.config import ConfigError, updated
 from notebook_support import REPO, SMOKE, notebook_defaults, quiet_load, smoke_sections
 
 # Every experiment file (reference baselines in parameters/baselines/ included), not the profiles.
-PARAMETER_FILES = sorted(p for p in (REPO / "parameters").rglob("*.yaml") if "profiles" not in p.parts)
+# Layers that complete another file (profiles, class maps) are no experiment files of their own.
+PARAMETER_FILES = sorted(p for p in (REPO / "parameters").rglob("*.yaml") if not {"profiles", "classes"} & set(p.parts))
 
 
 def resolve_like_papermill(injected: dict):

@@ -18,14 +18,6 @@ from conftest import embedding_frame, synthetic_checkins
 from harness import assert_refused, run_cli, tree_hashes
 
 
-@pytest.fixture
-def output_root(tmp_path):
-    root = tmp_path / "outputs"
-    (root / "earlier").mkdir(parents=True)
-    (root / "earlier" / "keep.txt").write_text("a user's file")
-    return root
-
-
 def good_frame(n_users: int = 12) -> pd.DataFrame:
     return synthetic_checkins(n_users=n_users, visits_per_user=8, n_pois=12)
 

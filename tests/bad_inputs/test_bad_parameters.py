@@ -8,14 +8,6 @@ import torch
 from harness import assert_refused, run_cli, tree_hashes
 
 
-@pytest.fixture
-def output_root(tmp_path):
-    root = tmp_path / "outputs"
-    (root / "earlier").mkdir(parents=True)
-    (root / "earlier" / "keep.txt").write_text("a user's file")
-    return root
-
-
 def refused_before_work(output_root, work_spy, *argv, named):
     """`nextpoi run ARGV --output-root OUTPUT_ROOT` is refused naming `named`, and the output root is unchanged."""
     before = tree_hashes(output_root)
