@@ -1,6 +1,7 @@
 """Reference baselines: simple predictors that sit beside every model, on the same folds and metrics.
 
-Each baseline is a class with `fit(windows, index)` and `predict(windows, index)`; they look only at the
+Each baseline is a class with `fit(windows, index)`, `predict(windows, index)` and `reads_visit_categories`
+(whether it needs a target-class id for every observed visit); they look only at the
 observed visits of a window (never at the visit being predicted), draw no random numbers and run in seconds
 on a CPU. Adding one is one class and one line in BASELINE_REGISTRY (`experiment.py` lists the registries).
 """
@@ -18,6 +19,7 @@ from .windows import WindowSet
 
 class MajorityClass:
     """Predicts the most frequent class of the training windows."""
+    reads_visit_categories = False
 
     def fit(self, windows: WindowSet, index: np.ndarray) -> "MajorityClass":
         self.majority = int(np.bincount(windows.target[index], minlength=len(windows.classes)).argmax())
@@ -29,6 +31,7 @@ class MajorityClass:
 
 class LastCategory:
     """Repeats the category of the last observed visit."""
+    reads_visit_categories = True  # every observed visit needs a target-class id
 
     def fit(self, windows: WindowSet, index: np.ndarray) -> "LastCategory":
         require_visit_details(windows, "last_category")
@@ -40,6 +43,7 @@ class LastCategory:
 
 class MostFrequentInWindow:
     """The most frequent category among the observed visits; ties go to the most recent of them."""
+    reads_visit_categories = True  # every observed visit needs a target-class id
 
     def fit(self, windows: WindowSet, index: np.ndarray) -> "MostFrequentInWindow":
         require_visit_details(windows, "most_frequent_in_window")
@@ -59,6 +63,7 @@ class MostFrequentInWindow:
 
 class MarkovChain:
     """Order-K Markov chain on categories; backs off to shorter histories, then to the majority class."""
+    reads_visit_categories = True  # every observed visit needs a target-class id
 
     def __init__(self, order: int = 2):
         self.order = order

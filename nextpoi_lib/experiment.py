@@ -10,7 +10,8 @@ here), routes it to its run kind and writes the run folder (`nextpoi_lib.runfold
 * "blended": the trees blended with a neural head (`model.name: blended_trees`, `blend.head: gru`): the head is
   cross-validated first on the same folds and seeds, then the trees, the weight chosen on inner validation users.
 
-Adding a run kind is one class with `kind`, `uses_embeddings`, `seed_dependent` and `cross_validate`, and one
+Adding a run kind is one class with `kind`, `uses_embeddings`, `seed_dependent`, `reads_visit_categories` and
+`cross_validate`, and one
 line in RUN_KINDS; `run_experiment` checks the target folder before any work, prepares windows and folds once,
 and never overwrites a complete run unless `output.overwrite` is set.
 """
@@ -63,6 +64,10 @@ class NeuralRun:
     def seed_dependent(self, config: ExperimentConfig) -> bool:
         return True
 
+    def reads_visit_categories(self, config: ExperimentConfig) -> bool:
+        # The heads' input encoder maps an unknown category (-1) to a zero row.
+        return False
+
     def cross_validate(self, config: ExperimentConfig, prepared: PreparedData,
                        progress: Progress) -> CrossValidationResult:
         return cross_validate(config, prepared.windows, prepared.fold_manifest, progress)
@@ -79,6 +84,9 @@ class BaselineRun:
         # Among the reference methods only the trees averaged with a random forest draw random numbers.
         return config.model.name == TREES and config.trees.forest_trees > 0
 
+    def reads_visit_categories(self, config: ExperimentConfig) -> bool:
+        return bool(self.make_model(config)(config.training.seeds[0]).reads_visit_categories)
+
     def make_model(self, config: ExperimentConfig):
         if config.model.name == TREES:
             return lambda seed: GradientBoostedTrees.from_config(config.trees, seed)
@@ -94,6 +102,9 @@ class BlendedRun(NeuralRun):
     """The trees blended with a neural head (`model.name: blended_trees`, `blend.head`): the head is configured by
     the model/loss/optimizer/training sections, the trees by `trees:`; embeddings and seeds matter as for the head."""
     kind = "blended"
+
+    def reads_visit_categories(self, config: ExperimentConfig) -> bool:
+        return GradientBoostedTrees.reads_visit_categories
 
     def cross_validate(self, config: ExperimentConfig, prepared: PreparedData,
                        progress: Progress) -> CrossValidationResult:
@@ -245,7 +256,8 @@ def run_experiment(config: ExperimentConfig, progress: Progress | None = None) -
     check_run_target(config)
     check_output_writable(config, computes_dgi_embeddings(config, kind))
     started_at, started = dt.datetime.now(dt.timezone.utc), time.perf_counter()
-    prepared = prepare_data(config, progress, with_embeddings=kind.uses_embeddings(config))
+    prepared = prepare_data(config, progress, with_embeddings=kind.uses_embeddings(config),
+                            reads_visit_categories=kind.reads_visit_categories(config))
     result = kind.cross_validate(config, prepared, progress)
     manifest = run_manifest(config, prepared, result, started_at, time.perf_counter() - started)
     path = write_run(run_directory(config), result, prepared.windows.classes,

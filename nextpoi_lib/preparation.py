@@ -56,15 +56,12 @@ def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress, 
                                  device=device, progress=config.training.progress)
 
 
-# Models that read the categories of the observed visits as counts, keys or predictions (tabular window features,
-# the user's history and transitions, the category baselines). They assume every observed visit has a target-class
-# id, which a class dropped by dataset.min_class_checkins (its visits: category -1) breaks; refused up front.
-CATEGORY_READING_MODELS = ("gradient_boosting", "blended_trees", "last_category", "most_frequent_in_window", "markov")
-
-
-def check_dropped_classes(config: ExperimentConfig, dropped: dict[str, int]) -> None:
-    """Refuse, before the embeddings are computed, a run whose model cannot read visits of a dropped class."""
-    if dropped and config.model.name in CATEGORY_READING_MODELS:
+def check_dropped_classes(config: ExperimentConfig, dropped: dict[str, int], reads_visit_categories: bool) -> None:
+    """Refuse, before the embeddings are computed, a run whose model reads the observed visits' categories as
+    counts, keys or predictions (trees, the category baselines: their `reads_visit_categories`) when
+    dataset.min_class_checkins drops classes: those models assume every observed visit has a target-class id,
+    and a dropped class's visits have category -1."""
+    if dropped and reads_visit_categories:
         raise DataError(f"dataset.min_class_checkins={config.dataset.min_class_checkins} drops the classes "
                         f"{dropped} (check-ins per class), whose visits stay in the windows with an unknown "
                         f"category; model.name={config.model.name!r} reads the visits' categories and does not "
@@ -73,9 +70,10 @@ def check_dropped_classes(config: ExperimentConfig, dropped: dict[str, int]) -> 
 
 
 def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
-                 with_embeddings: bool | None = None) -> PreparedData:
+                 with_embeddings: bool | None = None, reads_visit_categories: bool = False) -> PreparedData:
     """Windows and folds for a config. Folds depend only on the check-ins and the fold settings.
-    `with_embeddings`: whether the run reads POI embeddings (None: when the feature set names them)."""
+    `with_embeddings`: whether the run reads POI embeddings (None: when the feature set names them);
+    `reads_visit_categories`: whether its model needs a target-class id for every observed visit."""
     if with_embeddings is None:
         with_embeddings = "embedding" in config.windows.features
     progress = progress or Progress(config.training.progress)
@@ -98,7 +96,8 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
         if config.folds.strategy == "user_grouped":
             # The same assignment make_fold_manifest would make from the check-ins, made before the embeddings.
             assignment = assign_users(checkins.frame["user_id"].to_numpy(), checkins.category_index, config.folds)
-        check_dropped_classes(config, rare_classes(checkins, config.dataset.min_class_checkins))
+        check_dropped_classes(config, rare_classes(checkins, config.dataset.min_class_checkins),
+                              reads_visit_categories)
         embeddings = embedding_table_for(config, checkins, progress, with_embeddings)
         windows = build_windows(checkins, embeddings, config.windows.length, config.windows.stride,
                                 config.embeddings.missing, config.dataset.min_class_checkins)

@@ -60,6 +60,8 @@ class GradientBoostedTrees:
     boosted=)` then reuses the boosted trees (`.model`) fitted for another seed on the same windows.
     """
 
+    reads_visit_categories = True  # categories by position, counts, the user's history: class ids of visits
+
     def __init__(self, *, max_iter: int = 200, learning_rate: float = 0.1, seed: int = 0,
                  features: Sequence[str] = (), class_weight: str = "none", l2_regularization: float = 0.0,
                  forest_trees: int = 0):

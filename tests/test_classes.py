@@ -1,6 +1,7 @@
 """dataset.class_map (merging raw categories into classes), parameters/classes/gowalla7.yaml, and
 dataset.min_class_checkins (rare classes stop being targets, their visits stay inputs)."""
 
+import json
 import warnings
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import yaml
 from conftest import embedding_frame, synthetic_checkins
 from nextpoi_lib.config import ConfigError, DatasetConfig, from_dict, updated
 from nextpoi_lib.data import DataError, load_checkins, load_foursquare_nyc
-from nextpoi_lib.experiment import load_config
+from nextpoi_lib.experiment import load_config, run_experiment, run_kind_of
 from nextpoi_lib.preparation import prepare_data
 from nextpoi_lib.windows import build_windows
 
@@ -207,9 +208,17 @@ def test_prepared_data_reports_dropped_classes_and_refuses_category_readers(tmp_
     prepared = prepare_data(config)
     assert "Rare" not in prepared.windows.classes
     assert prepared.windows.report["dropped_classes_min_checkins"] == {"Rare": 3}
-    trees = updated(config, model={"name": "gradient_boosting"})
-    with pytest.raises(DataError, match=r"drops the classes \{'Rare': 3\}.*'gradient_boosting'.*class_map"):
-        prepare_data(trees)
+    # Models that read the visits' categories (their `reads_visit_categories`) are refused before any work...
+    for name in ("gradient_boosting", "markov", "last_category"):
+        reader = updated(config, model={"name": name})
+        assert run_kind_of(reader).reads_visit_categories(reader)
+        with pytest.raises(DataError, match=rf"drops the classes \{{'Rare': 3\}}.*'{name}'.*class_map"):
+            run_experiment(reader)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("manifest.json"))
+    # ... the majority class does not read them and runs (its classes: the ones left).
+    majority = updated(config, model={"name": "majority"}, name="majority")
+    assert not run_kind_of(majority).reads_visit_categories(majority)
+    assert "Rare" not in json.loads((run_experiment(majority) / "manifest.json").read_text())["classes"]
 
 
 def test_a_neural_run_without_the_rare_class_reports_it_in_the_manifest(tmp_path):
