@@ -12,7 +12,6 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from .config import ExperimentConfig
 from .features.tabular import last_observed, require_visit_details
 from .windows import WindowSet
 

@@ -37,6 +37,11 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def embedding_cache_directory(config: ExperimentConfig) -> Path:
+    """Where DGI embeddings are cached: `<output root>/.cache/embeddings`, keyed by data + settings."""
+    return Path(config.output.root) / ".cache" / "embeddings"
+
+
 def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress, wanted: bool) -> pd.DataFrame:
     """The POI embeddings the run asks for: a table file, DGI vectors (cached), or none when not `wanted`."""
     e = config.embeddings
@@ -49,7 +54,7 @@ def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress, 
     # DGI follows the training device to a CUDA GPU; on Apple's MPS and the CPU it runs on the CPU (its sparse
     # graph products have no MPS kernels in the torch_geometric we pin).
     device = "cuda" if resolve_device(config.training.device).type == "cuda" else "cpu"
-    cache_dir = Path(config.output.root) / ".cache" / "embeddings"
+    cache_dir = embedding_cache_directory(config)
     progress(f"POI embeddings: Deep Graph Infomax on a {e.graph} graph of {len(pois)} POIs (cached in {cache_dir})")
     return cached_dgi_embeddings(pois, checkins.classes, cache_dir=cache_dir, dim=e.dim, graph=e.graph,
                                  knn_k=e.knn_k, epochs=e.epochs, learning_rate=e.learning_rate, seed=e.seed,

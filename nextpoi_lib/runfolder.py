@@ -29,6 +29,7 @@ import pandas as pd
 from .config import ExperimentConfig
 from .errors import OutputError
 from .metrics import fold_report
+from .preparation import embedding_cache_directory
 from .results import CrossValidationResult
 
 COMPLETE = "complete"
@@ -285,10 +286,6 @@ def check_folder_writable(folder: Path, what: str) -> None:
             probe.unlink()
         except OSError:
             pass
-
-
-def embedding_cache_directory(config: ExperimentConfig) -> Path:
-    return Path(config.output.root) / ".cache" / "embeddings"
 
 
 def check_output_writable(config: ExperimentConfig, uses_embedding_cache: bool) -> None:

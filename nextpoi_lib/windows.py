@@ -73,6 +73,15 @@ class WindowSet:
         """False for next.parquet windows, which carry embeddings only."""
         return bool((self.category_index[self.mask] >= 0).all()) and self.mask.any()
 
+    def derive(self, name: str, compute, missing_sequence: str) -> np.ndarray:
+        """The per-window array `name`, computed from the check-in sequence by `compute(sequence)` on first use
+        and kept in `derived`; a window set without a sequence (next.parquet) raises ValueError(missing_sequence)."""
+        if name not in self.derived:
+            if self.sequence is None:
+                raise ValueError(missing_sequence)
+            self.derived[name] = compute(self.sequence)
+        return self.derived[name]
+
     def subset(self, index: np.ndarray) -> "WindowSet":
         per_window = {name: getattr(self, name)[index] for name in (
             "poi_index", "mask", "category_index", "hour", "weekday", "gap_hours", "latitude", "longitude",

@@ -8,7 +8,6 @@ that records the config it is given.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nextpoi_lib.widgets import AnalysisApp
-from runfixtures import bars, counts_expected, make_fake_run, one_seed_runs, per_class_expected, three_seed_runs
+from runfixtures import bars, counts_expected, make_fake_run, per_class_expected
 
 
 def z_of(app, index=0):

@@ -18,15 +18,12 @@ def counts_before(category: np.ndarray, num_classes: int, user_first_row: np.nda
 def history_counts(windows: WindowSet) -> np.ndarray:
     """[N, C] int32 category counts of each window's user's check-ins before its first visit (computed once per
     window set, on first use)."""
-    if "history_counts" not in windows.derived:
-        if windows.sequence is None:
-            raise ValueError("history_features needs the user's earlier check-ins, which a next.parquet file does "
-                             "not hold. Load the check-in table (dataset.source: checkins) or set "
-                             "trees.history_features: false.")
-        sequence = windows.sequence
-        windows.derived["history_counts"] = counts_before(sequence.category, len(windows.classes),
-                                                          sequence.user_first_row, sequence.first_row)
-    return windows.derived["history_counts"]
+    return windows.derive(
+        "history_counts",
+        lambda sequence: counts_before(sequence.category, len(windows.classes), sequence.user_first_row,
+                                       sequence.first_row),
+        "history_features needs the user's earlier check-ins, which a next.parquet file does not hold. Load the "
+        "check-in table (dataset.source: checkins) or set trees.history_features: false.")
 
 
 def history_feature_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:

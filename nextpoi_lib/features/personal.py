@@ -36,16 +36,12 @@ def personal_transitions(windows: WindowSet) -> np.ndarray:
     """[N, 2C] int32 the user's own transitions up to each window's last observed visit: category counts of the
     check-ins that followed their earlier visits to its category (first C), then to its POI. Computed once per
     window set, on first use (a Python loop over all check-ins: only runs that ask for it pay for it)."""
-    if "personal_transitions" not in windows.derived:
-        if windows.sequence is None:
-            raise ValueError("personal_transitions needs the user's check-in sequence, which a next.parquet file "
-                             "does not hold. Load the check-in table (dataset.source: checkins) or set "
-                             "trees.personal_transitions: false.")
-        sequence = windows.sequence
-        by_row = personal_transition_counts(sequence.category, sequence.poi, sequence.user_starts,
-                                            len(windows.classes))
-        windows.derived["personal_transitions"] = by_row[sequence.last_row]
-    return windows.derived["personal_transitions"]
+    return windows.derive(
+        "personal_transitions",
+        lambda sequence: personal_transition_counts(sequence.category, sequence.poi, sequence.user_starts,
+                                                    len(windows.classes))[sequence.last_row],
+        "personal_transitions needs the user's check-in sequence, which a next.parquet file does not hold. Load "
+        "the check-in table (dataset.source: checkins) or set trees.personal_transitions: false.")
 
 
 def personal_transition_matrix(windows: WindowSet, index: np.ndarray) -> np.ndarray:

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from nextpoi_lib.analysis import figures, tables
-from runfixtures import (CLASSES, bars, counts_expected, make_fake_run, one_seed_runs, per_class_expected,
-                         three_seed_runs)
+from runfixtures import CLASSES, bars, counts_expected, make_fake_run, per_class_expected
 
 
 # ------------------------------------------------------------------------------------------------ per class

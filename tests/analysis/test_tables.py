@@ -12,8 +12,7 @@ from scipy.stats import wilcoxon
 
 from nextpoi_lib.analysis import tables
 from nextpoi_lib.runfolder import load_run
-from runfixtures import (CLASSES, counts_expected, fold_rows, make_fake_run, one_seed_runs, per_class_expected,
-                         three_seed_runs)
+from runfixtures import CLASSES, counts_expected, fold_rows, make_fake_run, per_class_expected
 
 
 # ------------------------------------------------------------------------------------------------ leaderboard

@@ -58,12 +58,9 @@ def experiment(tmp_path):
 
 
 @pytest.fixture
-def root(tmp_path) -> Path:
-    """An output root holding a user's file."""
-    root = tmp_path / "outputs"
-    (root / "notes").mkdir(parents=True)
-    (root / "notes" / "keep.txt").write_text("a user's file")
-    return root
+def root(output_root) -> Path:
+    """An output root holding a user's file (tests/harness.py)."""
+    return output_root
 
 
 def run(parameter_file: Path, root: Path, *extra: str):
