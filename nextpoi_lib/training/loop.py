@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -159,9 +161,27 @@ def predict_test_fold(config: ExperimentConfig, data: WindowTensors, windows: Wi
     return predictions, attention, offsets, log_probabilities
 
 
-def train_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, fold: Fold, seed: int,
-               progress: Progress, label: str) -> FoldResult:
-    """Train one (seed, fold) with a plain module and torch.optim.AdamW: the reference path."""
+@dataclass
+class FittedFold:
+    """One (seed, fold) after its epochs: the model with its last weights, the selected (best inner-validation)
+    weights, the tracker with the curves and the selection, and what evaluating it needs."""
+    model: torch.nn.Module
+    best_state: dict[str, torch.Tensor]
+    tracker: EpochTracker
+    criterion: torch.nn.Module
+    autocast: bool
+    started: float
+
+    def load_selected(self) -> torch.nn.Module:
+        self.model.load_state_dict(self.best_state)
+        return self.model
+
+
+def fit_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, fold: Fold, seed: int,
+             progress: Progress, label: str, on_epoch: Callable[[dict], None] | None = None) -> FittedFold:
+    """Train one (seed, fold) and select its epoch on the inner validation users: reads the training and inner
+    validation windows only, never the test fold. `on_epoch(curve)` is called after each epoch's selection
+    step (the tuner's pruning hook; it may raise to end the fold)."""
     started = time.perf_counter()
     device, training, num_classes = data.device, config.training, len(windows.classes)
     autocast = use_autocast(config, device)
@@ -217,20 +237,26 @@ def train_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet
             else:
                 for name, value in model.state_dict().items():
                     best_state[name].copy_(value)
+        if on_epoch is not None:
+            on_epoch(curve)
         if tracker.stopped:
             break
+    return FittedFold(model=model, best_state=best_state, tracker=tracker, criterion=criterion, autocast=autocast,
+                      started=started)
 
-    # --- report the test fold with the last and the selected weights
-    def load_selected():
-        model.load_state_dict(best_state)
-        return model
 
-    predictions, attention, offsets, log_probabilities = predict_test_fold(config, data, windows, fold, criterion,
-                                                                           autocast, model, load_selected)
+def train_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, fold: Fold, seed: int,
+               progress: Progress, label: str) -> FoldResult:
+    """Train one (seed, fold) with a plain module and torch.optim.AdamW (the reference path), then report the
+    test fold once with the last and once with the selected weights."""
+    fitted = fit_fold(config, data, windows, fold, seed, progress, label)
+    tracker = fitted.tracker
+    predictions, attention, offsets, log_probabilities = predict_test_fold(
+        config, data, windows, fold, fitted.criterion, fitted.autocast, fitted.model, fitted.load_selected)
     return FoldResult(seed=seed, fold=fold.fold, curves=tracker.curves, selected_epoch=tracker.best_epoch,
                       last_epoch=tracker.last_epoch, test_target=windows.target[fold.test_index],
                       predictions=predictions, attention=attention, bias_offsets=offsets,
-                      seconds=time.perf_counter() - started, log_probabilities=log_probabilities)
+                      seconds=time.perf_counter() - fitted.started, log_probabilities=log_probabilities)
 
 
 def report_fold(progress: Progress, label: str, result: FoldResult, done: int, total: int) -> None:
