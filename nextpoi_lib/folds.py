@@ -156,9 +156,11 @@ RARE_CLASS_THRESHOLD = 5  # fewer training targets than this in a fold: that cla
 
 
 def rare_class_message(manifest: FoldManifest, targets: np.ndarray, classes: list[str],
-                       threshold: int = RARE_CLASS_THRESHOLD) -> str | None:
+                       threshold: int = RARE_CLASS_THRESHOLD, balanced_weights: bool = False) -> str | None:
     """One paragraph naming every class with fewer than `threshold` training targets in some fold (with its
-    count in every fold), or None when there is none."""
+    count in every fold), or None when there is none. With `balanced_weights` (the run weighs classes by
+    n / (C * count)) it also names the largest ratio between two classes' weights in a fold: the most and the
+    least frequent class present, since a weight is inversely proportional to the class's count."""
     targets = np.asarray(targets)
     counts = np.stack([np.bincount(targets[fold.train_index], minlength=len(classes))[:len(classes)]
                        for fold in manifest.folds])  # [folds, classes]
@@ -168,15 +170,26 @@ def rare_class_message(manifest: FoldManifest, targets: np.ndarray, classes: lis
     described = "; ".join(f"{classes[index]!r} (" + ", ".join(f"fold {fold.fold}: {int(counts[f, index])}"
                                                                    for f, fold in enumerate(manifest.folds)) + ")"
                           for index in rare)
+    weight_note = ""
+    if balanced_weights:
+        ratios = []
+        for f, fold in enumerate(manifest.folds):
+            present = np.flatnonzero(counts[f] > 0)
+            rarest, commonest = present[np.argmin(counts[f, present])], present[np.argmax(counts[f, present])]
+            ratios.append((counts[f, commonest] / counts[f, rarest], fold.fold, rarest, commonest))
+        ratio, fold_id, rarest, commonest = max(ratios, key=lambda item: item[0])
+        weight_note = (f" Under balanced class weights a {classes[rarest]!r} target weighs {ratio:,.0f} times a "
+                       f"{classes[commonest]!r} target in fold {fold_id} (the largest weight ratio of any fold), "
+                       f"so a few windows can dominate the loss and the predictions can collapse onto that class.")
     return (f"{len(rare)} of {len(classes)} classes have fewer than {threshold} training targets in at least one "
             f"fold, so a model sees almost no example of them there and their per-class F1 (and the macro-F1) "
-            f"is noisy: {described}. Merge or drop rare categories in the data (or dataset.classes), add data, "
-            f"or use fewer folds (folds.n_splits).")
+            f"is noisy: {described}.{weight_note} Merge or drop rare categories in the data (dataset.class_map, "
+            f"dataset.min_class_checkins), add data, or use fewer folds (folds.n_splits).")
 
 
 def warn_rare_classes(manifest: FoldManifest, targets: np.ndarray, classes: list[str],
-                      threshold: int = RARE_CLASS_THRESHOLD) -> None:
+                      threshold: int = RARE_CLASS_THRESHOLD, balanced_weights: bool = False) -> None:
     """`warnings.warn` (UserWarning) the paragraph of `rare_class_message`, when there is one."""
-    message = rare_class_message(manifest, targets, classes, threshold)
+    message = rare_class_message(manifest, targets, classes, threshold, balanced_weights)
     if message:
         warnings.warn(message, UserWarning, stacklevel=2)

@@ -61,6 +61,15 @@ def embedding_table_for(config: ExperimentConfig, checkins, progress: Progress, 
                                  device=device, progress=config.training.progress)
 
 
+def uses_balanced_weights(config: ExperimentConfig) -> bool:
+    """Whether the run weighs classes by n / (C * count): the neural loss's class weights (or focal alpha), or the
+    trees' class_weight. (Read off the config whatever the model; a neural setting is inert for the trees.)"""
+    loss = config.loss
+    neural = loss.name in ("cross_entropy", "focal") and (loss.class_weights == "balanced"
+                                                         or (loss.name == "focal" and loss.focal_alpha == "balanced"))
+    return neural or config.trees.class_weight == "balanced"
+
+
 def check_dropped_classes(config: ExperimentConfig, dropped: dict[str, int], reads_visit_categories: bool) -> None:
     """Refuse, before the embeddings are computed, a run whose model reads the observed visits' categories as
     counts, keys or predictions (trees, the category baselines: their `reads_visit_categories`) when
@@ -110,7 +119,7 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
         manifest = make_fold_manifest(windows.users, windows.target, config.folds, data_hash,
                                       assignment_users=checkins.frame["user_id"].to_numpy(),
                                       assignment_labels=checkins.category_index, assignment=assignment)
-    warn_rare_classes(manifest, windows.target, windows.classes)
+    warn_rare_classes(manifest, windows.target, windows.classes, balanced_weights=uses_balanced_weights(config))
     report = windows.report
     progress(f"Data {dataset_name}: {report['n_windows']} windows of {windows.length} visits from "
              f"{report['n_users']} users, {len(windows.classes)} classes"

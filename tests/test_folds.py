@@ -101,5 +101,14 @@ def test_rare_classes_are_named_with_their_training_counts_per_fold(table):
     assert f"{classes[2]!r} (" + ", ".join(f"fold {f}: {n}" for f, n in enumerate(counts)) + ")" in message
     assert "fewer than 5 training targets" in message and "folds.n_splits" in message and "\n" not in message
     assert message.startswith("1 of 3 classes") and f"{classes[0]!r} (" not in message
+    assert "weighs" not in message
     with pytest.warns(UserWarning, match="fewer than 5 training targets"):
         warn_rare_classes(manifest, targets, classes)
+    # Under balanced weights: the largest ratio of the most to the least frequent class's count over the folds.
+    per_fold = [np.bincount(targets[fold.train_index], minlength=3) for fold in manifest.folds]
+    ratios = [counts.max() / counts[counts > 0].min() for counts in per_fold]
+    worst = int(np.argmax(ratios))
+    weighted = rare_class_message(manifest, targets, classes, balanced_weights=True)
+    assert (f"a {classes[int(np.argmin(np.where(per_fold[worst] > 0, per_fold[worst], 10**9)))]!r} target weighs "
+            f"{ratios[worst]:,.0f} times a {classes[int(np.argmax(per_fold[worst]))]!r} target in fold "
+            f"{manifest.folds[worst].fold}") in weighted

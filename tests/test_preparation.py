@@ -145,3 +145,18 @@ def test_rare_classes_are_warned_about_after_the_folds(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         prepare_data(synthetic_config(tmp_path))
+
+
+def test_balanced_weights_are_read_from_the_loss_and_the_trees(tmp_path):
+    from nextpoi_lib.config import updated
+    from nextpoi_lib.preparation import uses_balanced_weights
+
+    base = synthetic_config(tmp_path)
+    assert not uses_balanced_weights(updated(base, loss={"name": "cross_entropy", "class_weights": "none"}))
+    assert uses_balanced_weights(updated(base, loss={"name": "cross_entropy", "class_weights": "balanced"}))
+    assert uses_balanced_weights(updated(base, loss={"name": "focal", "focal_alpha": "balanced"}))
+    # Logit adjustment ignores class_weights; the trees' balanced weights count, their sqrt weights do not.
+    assert not uses_balanced_weights(updated(base, loss={"name": "logit_adjusted", "class_weights": "balanced"}))
+    assert uses_balanced_weights(updated(base, loss={"name": "logit_adjusted"}, trees={"class_weight": "balanced"}))
+    assert not uses_balanced_weights(updated(base, loss={"name": "logit_adjusted"},
+                                             trees={"class_weight": "sqrt_balanced"}))
