@@ -21,14 +21,24 @@ Files under `output_root` (`<dataset>` is the config's dataset folder, `<name>` 
   process is no longer alive (a killed batch), and leaves them alone while it is;
 * `<dataset>/.failed/<name>.ipynb` -- the executed notebook of a failed experiment, traceback included (a later
   successful run of the same name removes it);
+* `<dataset>/.running/<name>.progress.jsonl` -- with live progress bars only: the progress events the kernel
+  writes (`progress.EventFile`; the batch names the file in the kernel's environment variable
+  NEXTPOI_PROGRESS_EVENTS) and the batch reads to draw the experiment's bar; removed when the experiment ends;
 * `batch-summary.json` -- one entry per parameter file (status, error message, run folder, notebook, timings),
   written atomically at the end of each batch (and after each finished experiment, so it is never stale).
 
 Hidden folders (`.running`, `.failed`, `.cache`) are ignored by everything that lists runs.
+
+Progress: plain lines when an experiment starts and ends (`_Reporter`), and, when the batch's output is a
+terminal and the environment variable CI is not set (or `progress_bars=True`), one live tqdm line per running
+experiment (`LiveBars`): its stage (data, embeddings, train, trees), done/total steps of that stage -- for
+"train" every (seed, fold, epoch) -- with elapsed and remaining time and the current seed/fold/epoch.
+`progress_bars=False` (`nextpoi batch --no-progress-bars`) turns the bars off; the plain lines stay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
@@ -43,13 +53,14 @@ import threading
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .config import ConfigError
+from .config import ConfigError, updated
 from .layers import resolve_profile, visible_gpus
 from .notebook_parameters import experiment_config
+from .progress import EVENTS_ENVIRONMENT, EventFollower, ProgressState
 from .runfolder import (RunExistsError, check_folder_writable, check_run_target, is_complete, process_alive,
                         remove_stale_temporaries, run_directory)
 
@@ -107,6 +118,7 @@ class BatchSummary:
     finished_at: str | None = None
     duration_seconds: float | None = None
     summary_path: str | None = None
+    layers: list[str] = field(default_factory=list)  # parameter layers applied after every file, before the profile
 
     def _count(self, status: str) -> list[ExperimentOutcome]:
         return [e for e in self.experiments if e.status == status]
@@ -200,6 +212,11 @@ def owner_file(running: Path) -> Path:
     return running.with_name(running.name + ".owner")
 
 
+def events_file(running: Path) -> Path:
+    """`.running/<name>.progress.jsonl`: the progress events of the experiment executing `running`."""
+    return running.with_name(running.stem + ".progress.jsonl")
+
+
 def _write_owner(running: Path, pid: int, host: str) -> None:
     owner = owner_file(running)
     temporary = owner.with_name(f".{owner.name}.tmp-{os.getpid()}-{threading.get_ident()}")
@@ -234,6 +251,7 @@ def clear_stale_running(running: Path, run_dir: Path | None = None) -> int | Non
         _copy_atomic(running, run_dir / "notebook.ipynb")
     running.unlink(missing_ok=True)
     owner_file(running).unlink(missing_ok=True)
+    events_file(running).unlink(missing_ok=True)
     return None
 
 
@@ -302,19 +320,159 @@ def _import_ray():
     return ray
 
 
+def progress_bars_wanted(requested: bool | None, stream) -> bool:
+    """Whether the batch draws live progress bars: never when `requested` is False, always when True; when None
+    (the default) only when `stream` is a terminal and the environment variable CI is not set (to anything but
+    "", "0" or "false"), so that logs and CI output keep the plain lines only."""
+    if requested is not None:
+        return bool(requested)
+    isatty = getattr(stream, "isatty", None)
+    try:
+        terminal = bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # a closed stream
+        terminal = False
+    return terminal and os.environ.get("CI", "").strip().lower() in ("", "0", "false")
+
+
+class LiveBars:
+    """One tqdm line per running experiment, drawn from the progress events its kernel appends to its event file.
+
+    `start` adds an experiment's line, `finish` reads its last events and removes the line (and the file);
+    a thread polls every running experiment's file each `interval` seconds (`poll`), so the clock ticks even
+    between events. A line reads, e.g.
+
+        good   run 01:23 | train       45%|#########           | 9/20 [00:12<00:14, seed 0 fold 2/2 epoch 4/10]
+
+    name, time since the experiment started, stage, the stage's done/total steps (for "train" every (seed, fold,
+    epoch)), the stage's elapsed and estimated remaining time (its average speed so far), and the latest step.
+    Plain lines go through `write`, which prints them above the bars."""
+
+    BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+    WAITING_FORMAT = "{desc}starting [{elapsed}]"
+
+    def __init__(self, stream, name_width: int = 0, interval: float = 0.5):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.stream, self.name_width, self.interval = stream, name_width, interval
+        self._running: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the batch's side
+
+    def __enter__(self) -> "LiveBars":
+        self._thread = threading.Thread(target=self._follow, name="nextpoi-progress-bars", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self, key: str, name: str, events_path: str | os.PathLike) -> None:
+        """A line for the experiment `key`, fed from `events_path` (a file left there earlier is removed first)."""
+        Path(events_path).unlink(missing_ok=True)
+        with self._lock:
+            bar = self._tqdm(total=1, file=self.stream, leave=False, ncols=self._columns(), smoothing=0,
+                             mininterval=0, bar_format=self.WAITING_FORMAT, desc=f"{name:<{self.name_width}} ")
+            self._running[key] = {"name": name, "path": Path(events_path), "follower": EventFollower(events_path),
+                                  "state": ProgressState(), "bar": bar, "stage": None, "stage_started": {},
+                                  "started": bar.start_t}
+
+    def finish(self, key: str) -> None:
+        """Draw the experiment's last events, then remove its line and its event file."""
+        with self._lock:
+            entry = self._running.pop(key, None)
+            if entry is None:
+                return
+            self._update(entry)
+            entry["bar"].close()
+        entry["path"].unlink(missing_ok=True)
+
+    def poll(self) -> None:
+        """Read the new events of every running experiment and redraw its line."""
+        with self._lock:
+            for entry in self._running.values():
+                self._update(entry)
+
+    def write(self, message: str) -> None:
+        self._tqdm.write(message, file=self.stream)
+        self.stream.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._lock:
+            for entry in self._running.values():
+                entry["bar"].close()
+            self._running.clear()
+
+    def state(self, key: str) -> ProgressState | None:
+        with self._lock:
+            entry = self._running.get(key)
+            return entry["state"] if entry else None
+
+    # -- drawing
+
+    def _columns(self) -> int | None:
+        """The terminal's width (lines are cut to it; a terminal that reports 0 columns counts as 120 wide), or
+        None for a stream without a terminal behind it: lines are not cut."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 120
+        except (AttributeError, OSError, ValueError):
+            return None
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:  # pragma: no cover - a drawing error must not stop the batch
+                pass
+
+    def _update(self, entry: dict[str, Any]) -> None:
+        state, bar = entry["state"], entry["bar"]
+        bar.ncols = self._columns()  # follows a resized terminal
+        for event in entry["follower"].read_new():
+            state.add(event)
+        run_elapsed = self._tqdm.format_interval(bar._time() - entry["started"])
+        if state.current is None:
+            bar.refresh()
+            return
+        if state.current != entry["stage"]:
+            # A new stage: its own count and clock (its remaining time comes from its own speed).
+            entry["stage"] = state.current
+            bar.bar_format = self.BAR_FORMAT
+            bar.n = bar.last_print_n = 0
+            bar.start_t = bar.last_print_t = entry["stage_started"].setdefault(state.current, bar._time())
+        done, total = state.counts()
+        bar.total, bar.n = max(total, done, 1), done
+        bar.set_description_str(f"{entry['name']:<{self.name_width}} run {run_elapsed} | {state.current:<10} ",
+                                refresh=False)
+        bar.set_postfix_str(state.detail, refresh=False)
+        bar.refresh()
+
+
 class _Reporter:
-    """Plain progress lines (usable in logs): one when an experiment starts or ends, with the running counts."""
+    """Plain progress lines (usable in logs): one when an experiment starts or ends, with the running counts;
+    printed above the live bars when there are any."""
 
     def __init__(self, enabled: bool, total: int, stream=None):
         self.enabled, self.total = enabled, total
         self.stream = stream or sys.stdout
         self.counts = {"done": 0, "failed": 0, "skipped": 0}
         self.lock = threading.Lock()
+        self.bars: LiveBars | None = None
 
     def line(self, message: str) -> None:
         if self.enabled:
             with self.lock:
-                print(f"[batch {dt.datetime.now().strftime('%H:%M:%S')}] {message}", file=self.stream, flush=True)
+                text = f"[batch {dt.datetime.now().strftime('%H:%M:%S')}] {message}"
+                if self.bars is not None:
+                    self.bars.write(text)
+                else:
+                    print(text, file=self.stream, flush=True)
 
     def finished(self, outcome: ExperimentOutcome) -> None:
         with self.lock:
@@ -331,7 +489,8 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
               output_root: str | os.PathLike = "outputs", workers: int | None = None, backend: str = "local",
               ray_address: str | None = None, cell_timeout: int | None = 3600, kernel_name: str = "python3",
               overwrite: bool = False, progress: bool = True, notebook: str | os.PathLike | None = None,
-              stream=None) -> BatchSummary:
+              stream=None, progress_bars: bool | None = None,
+              layers: Iterable[str | os.PathLike] = ()) -> BatchSummary:
     """Execute the experiment notebook once per parameter file; returns the summary (also written to
     `<output_root>/batch-summary.json` and, with `progress`, printed as a table).
 
@@ -340,17 +499,27 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
     parallel executions, default the number of visible GPUs (each kernel gets one via CUDA_VISIBLE_DEVICES), or
     1 on CPU; with Ray it caps the tasks in flight (default: as many as the cluster schedules). `cell_timeout`:
     seconds one notebook cell may run (papermill's execution_timeout; None: no limit). `overwrite`: re-run and
-    replace complete runs instead of skipping them.
+    replace complete runs instead of skipping them. `progress_bars`: one live line per running experiment (see
+    `LiveBars`); None: only when `stream` is a terminal and CI is not set (`progress_bars_wanted`); never
+    without `progress`. The bars change nothing the experiments compute. `layers`: parameter files applied after
+    each parameter file and before the profile (e.g. parameters/classes/gowalla7.yaml: the same classes for every
+    experiment of the batch); they keep each file's run name.
     """
     if backend not in ("local", "ray"):
         raise ValueError(f"backend={backend!r} must be 'local' or 'ray'.")
     batch_started, started_at = time.perf_counter(), _now()
     stream = stream or sys.stdout
     parameter_files = [str(f) for f in parameter_files]
+    layers = [str(Path(layer).resolve()) for layer in layers]
+    missing_layers = [layer for layer in layers if not Path(layer).is_file()]
+    if missing_layers:
+        raise ConfigError(f"Parameter layer(s) {missing_layers} given with --layer do not exist. Give the path of a "
+                          f"YAML file, e.g. parameters/classes/gowalla7.yaml.")
     output_root = Path(output_root).resolve()
     # The batch writes its summary there: a file in the way, or a folder that cannot be written, stops it here.
     check_folder_writable(output_root, "output root")
     reporter = _Reporter(progress, len(parameter_files), stream)
+    bars_on = progress and progress_bars_wanted(progress_bars, stream)
 
     ray = None
     started_ray = False
@@ -372,11 +541,12 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
         reporter.line(f"{len(parameter_files)} parameter files, profile "
                       f"{profile_path if profile_path else 'none'}, backend {backend}"
                       + (f", {workers} workers" if workers else "")
-                      + (f", {gpu_count} GPUs" if gpu_count else ", CPU only") + f", output {output_root}")
+                      + (f", {gpu_count} GPUs" if gpu_count else ", CPU only") + f", output {output_root}"
+                      + (f", layers {', '.join(Path(layer).name for layer in layers)} after every file" if layers else ""))
 
         summary = BatchSummary(experiments=[], output_root=str(output_root),
                                profile=str(profile_path) if profile_path else None, backend=backend,
-                               workers=workers, started_at=started_at)
+                               workers=workers, started_at=started_at, layers=layers)
         summary_path = output_root / SUMMARY_FILE
         summary.summary_path = str(summary_path)
 
@@ -391,8 +561,11 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    config = experiment_config([parameter_file], profile=profile_path, output_root=output_root,
-                                               overwrite=overwrite)
+                    config = experiment_config([parameter_file, *layers], profile=profile_path,
+                                               output_root=output_root, overwrite=overwrite)
+                    # A layer never names the run (as a profile does not): a file without `name:` keeps its stem.
+                    own_name = experiment_config([parameter_file]).name if layers else config.name
+                    config = updated(config, name=own_name) if own_name != config.name else config
             except (ConfigError, OSError, ValueError) as error:
                 outcome.status, outcome.stage, outcome.error = "failed", "validation", str(error)
                 reporter.finished(outcome)
@@ -434,13 +607,18 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
                 continue
             pending.append((outcome, {
                 "notebook": nb_node,
-                "parameters": {"parameter_files": [str(Path(parameter_file).resolve())],
+                "parameters": {"parameter_files": [str(Path(parameter_file).resolve()), *layers],
+                               **({"name": config.name} if layers else {}),
                                "profile": str(profile_path.resolve()) if profile_path else None,
                                "output_root": str(output_root), "overwrite": bool(overwrite)},
                 "running_notebook": str(running),
                 "failed_notebook": str(run_dir.parent / ".failed" / f"{config.name}.ipynb"),
                 "run_dir": str(run_dir), "kernel_name": kernel_name, "cell_timeout": cell_timeout,
-                "cwd": os.getcwd(), "env": {}, "owner_pid": os.getpid(), "owner_host": socket.gethostname(),
+                "cwd": os.getcwd(), "owner_pid": os.getpid(), "owner_host": socket.gethostname(),
+                # The kernel's progress events (an empty value: none, also when the batch's own environment names
+                # a file) and the file the bars read them from.
+                "env": {EVENTS_ENVIRONMENT: str(events_file(running)) if bars_on else ""},
+                "progress_events": str(events_file(running)) if bars_on else None,
             }))
 
         record_lock = threading.Lock()
@@ -453,10 +631,17 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
                 _write_json_atomic(summary_path, _snapshot(summary, outcomes, batch_started))
 
         if pending:
-            if backend == "local":
-                _run_local(pending, workers or 1, gpus, reporter, record)
-            else:
-                _run_ray(ray, pending, workers, gpu_count, reporter, record)
+            bars = (LiveBars(stream, name_width=max(len(outcome.name or "") for outcome, _ in pending))
+                    if bars_on else contextlib.nullcontext())
+            with bars:
+                reporter.bars = bars if bars_on else None
+                try:
+                    if backend == "local":
+                        _run_local(pending, workers or 1, gpus, reporter, record)
+                    else:
+                        _run_ray(ray, pending, workers, gpu_count, reporter, record)
+                finally:
+                    reporter.bars = None
 
         summary.experiments = outcomes
         summary.finished_at = _now()
@@ -507,10 +692,16 @@ def _run_local(pending, workers: int, gpus: list[str], reporter: _Reporter, reco
                 task["env"].update(OMP_NUM_THREADS=cpu_threads, MKL_NUM_THREADS=cpu_threads)
             where = f"GPU {task['env']['CUDA_VISIBLE_DEVICES']}" if gpus else "CPU"
             reporter.line(f"start {outcome.name} ({outcome.parameter_file}) on {where}")
+            bars = reporter.bars if task.get("progress_events") else None
+            if bars is not None:
+                bars.start(task["running_notebook"], outcome.name, task["progress_events"])
             try:
                 result = execute_experiment(task)
             except Exception as error:  # pragma: no cover - execute_experiment does not raise
                 result = {"status": "failed", "stage": "execution", "error": _error_message(error)}
+            finally:
+                if bars is not None:
+                    bars.finish(task["running_notebook"])
             record(outcome, result)  # before the slot is free, so the log reads in order
         finally:
             slots.put(slot)
@@ -535,7 +726,7 @@ def _run_ray(ray, pending, workers: int | None, gpu_count: int, reporter: _Repor
     """One Ray task per experiment (num_gpus=1 when the cluster has GPUs), writing to the shared output folder."""
     remote = ray.remote(execute_experiment).options(num_gpus=1 if gpu_count else 0, num_cpus=1, max_retries=0)
     queue_ = list(pending)
-    in_flight: dict[Any, ExperimentOutcome] = {}
+    in_flight: dict[Any, tuple[ExperimentOutcome, dict[str, Any]]] = {}
     limit = workers or len(queue_)
     while queue_ or in_flight:
         while queue_ and len(in_flight) < limit:
@@ -543,12 +734,17 @@ def _run_ray(ray, pending, workers: int | None, gpu_count: int, reporter: _Repor
             task = dict(task, gpu_from_ray=bool(gpu_count))
             reporter.line(f"submit {outcome.name} ({outcome.parameter_file}) to Ray"
                           + (" with 1 GPU" if gpu_count else " (CPU)"))
-            in_flight[remote.remote(task)] = outcome
+            if reporter.bars is not None and task.get("progress_events"):
+                # The event file lies in the shared output folder, which the Ray tasks write to anyway.
+                reporter.bars.start(task["running_notebook"], outcome.name, task["progress_events"])
+            in_flight[remote.remote(task)] = (outcome, task)
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         for reference in ready:
-            outcome = in_flight.pop(reference)
+            outcome, task = in_flight.pop(reference)
             try:
                 result = ray.get(reference)
             except Exception as error:  # a worker that died: record it, the others go on
                 result = {"status": "failed", "stage": "execution", "error": _error_message(error)}
+            if reporter.bars is not None:
+                reporter.bars.finish(task["running_notebook"])
             record(outcome, result)

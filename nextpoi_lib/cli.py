@@ -64,8 +64,24 @@ def command_batch(args: argparse.Namespace) -> int:
     summary = run_batch(args.parameter_files, profile=args.profile, output_root=args.output_root or "outputs",
                         workers=args.workers, backend=args.backend, ray_address=args.ray_address,
                         cell_timeout=args.cell_timeout or None, kernel_name=args.kernel, overwrite=args.overwrite,
-                        progress=True)
+                        progress=True, progress_bars=False if args.no_progress_bars else None,
+                        layers=args.layer)
     return 0 if summary.ok else 1
+
+
+# --------------------------------------------------------------------------------------------------
+# nextpoi tune
+
+
+def command_tune(args: argparse.Namespace) -> int:
+    from .tuning import run_nested, run_study
+
+    config = run_config(args)  # the same layering as `nextpoi run`; the tune section comes with the files
+    if args.nested:
+        run_nested(config, trials=args.trials)
+    else:
+        run_study(config, trials=args.trials, best_output=args.best_output)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,6 +110,12 @@ def command_report(args: argparse.Namespace) -> int:
     for path in run_paths:
         dataset = json.loads((path / "manifest.json").read_text()).get("dataset") or path.parent.name
         by_dataset.setdefault(dataset, []).append(path)
+    if args.dataset:
+        if args.dataset not in by_dataset:
+            print(f"error: no complete runs of dataset {args.dataset!r} under {str(output_root)!r}; datasets with "
+                  f"runs: {', '.join(sorted(by_dataset)) or 'none'}.", file=sys.stderr)
+            return 2
+        by_dataset = {args.dataset: by_dataset[args.dataset]}
     if args.output and len(by_dataset) > 1:
         print(f"error: the runs come from several datasets ({', '.join(sorted(by_dataset))}); a report covers one. "
               f"Name the run folders of one dataset, or leave out --output to get one report per dataset.",
@@ -112,6 +134,21 @@ def command_report(args: argparse.Namespace) -> int:
         write_report(paths, output, title=title, profile_note=note)
         print(f"Report of {len(paths)} runs of {dataset} -> {output}")
         print(note)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# nextpoi export mlflow
+
+
+def command_export_mlflow(args: argparse.Namespace) -> int:
+    from .mlflow_export import default_tracking_uri, export_runs, run_folders_to_export, ui_hint
+
+    output_root = Path(args.output_root or "outputs")
+    folders = run_folders_to_export(args.run_dirs, output_root)  # refuses a path that is not a run, first
+    tracking_uri = args.tracking_uri or default_tracking_uri(output_root)
+    export_runs(folders, tracking_uri, experiment=args.experiment, report=print)
+    print(ui_hint(tracking_uri))
     return 0
 
 
@@ -141,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "<output-root>/<dataset>/.failed/) and the others still run. Exit status 1 when any failed.")
     batch.add_argument("parameter_files", nargs="+", help="YAML parameter files, e.g. parameters/A.yaml")
     batch.add_argument("--profile", help=PROFILE_HELP)
+    batch.add_argument("--layer", action="append", default=[], metavar="FILE",
+                       help="a parameter layer applied after every file and before the profile, e.g. "
+                            "parameters/classes/gowalla7.yaml (repeatable; keeps each file's run name)")
     batch.add_argument("--workers", type=int, help="parallel executions (default: number of visible GPUs, 1 on CPU)")
     batch.add_argument("--backend", choices=("local", "ray"), default="local",
                        help="local worker pool, or Ray tasks (pip install ray)")
@@ -150,7 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--output-root", help="folder for run folders (default: outputs)")
     batch.add_argument("--overwrite", action="store_true", help="re-run and replace complete runs")
     batch.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    batch.add_argument("--no-progress-bars", action="store_true",
+                       help="no live progress line per running experiment (the plain start/end lines stay); bars "
+                            "are also off when the output is not a terminal or the environment variable CI is set")
     batch.set_defaults(handler=command_batch)
+
+    tune = commands.add_parser(
+        "tune", help="Search the file's tune.space with Optuna on inner-validation users (resumable study).",
+        description="Run (or resume) an Optuna study over the parameter files' tune.space, stored in SQLite under "
+                    "<output-root>/<dataset>/.tuning/<study>.db. A trial is scored by the inner-validation macro-F1 "
+                    "of the folds tune.folds (never a test fold); the best configuration is written as a parameter "
+                    "file. --nested: one study per outer fold, each fold's choice evaluated on its own test fold, "
+                    "written as one run folder.")
+    tune.add_argument("parameter_files", nargs="+", help="YAML parameter files with a tune: section")
+    tune.add_argument("--trials", type=int, help="trials to add to the study (default: tune.trials)")
+    tune.add_argument("--nested", action="store_true",
+                      help="one study per outer fold; writes the run folder <study>-nested")
+    tune.add_argument("--profile", help=PROFILE_HELP)
+    tune.add_argument("--output-root", help="folder for studies and run folders (default: outputs)")
+    tune.add_argument("--best-output", help="where to write the best configuration (default: "
+                                            "<output-root>/<dataset>/.tuning/<study>.best.yaml)")
+    tune.add_argument("--overwrite", action="store_true", help="--nested: replace an existing complete run")
+    tune.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    tune.add_argument("--quiet", action="store_true", help="no progress lines")
+    tune.set_defaults(handler=command_tune)
 
     report = commands.add_parser("report", help="Write the HTML report over complete runs.",
                                  description="Write a self-contained HTML report (leaderboard, per-class metrics, "
@@ -159,7 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="*", help="run folders (default: every complete run under --output-root)")
     report.add_argument("--output-root", help="folder holding the run folders (default: outputs)")
     report.add_argument("--output", help="HTML file to write (default: <output-root>/report.html)")
+    report.add_argument("--dataset", help="only the runs of this dataset folder (e.g. foursquare_nyc_gowalla7)")
     report.set_defaults(handler=command_report)
+
+    export = commands.add_parser("export", help="Export run folders to another tool (mlflow).")
+    export_targets = export.add_subparsers(dest="export_target", required=True)
+    export_mlflow = export_targets.add_parser(
+        "mlflow", help="Log each run folder as one MLflow run (needs pip install 'nextpoi[mlflow]').",
+        description="Log each complete run folder as one MLflow run: the resolved config as parameters, curves as "
+                    "metric steps per seed and fold, fold, summary and per-class metrics, the folder's files as "
+                    "artifacts, tags from the manifest. Exporting again updates the same MLflow run (a rerun folder "
+                    "replaces it), never duplicates it. Needs pip install 'nextpoi[mlflow]'; browse with "
+                    "mlflow ui --backend-store-uri URI (the UI needs the full pip install mlflow).")
+    export_mlflow.add_argument("run_dirs", nargs="*",
+                               help="run folders (default: every complete run under --output-root)")
+    export_mlflow.add_argument("--output-root", help="folder holding the run folders (default: outputs)")
+    export_mlflow.add_argument("--tracking-uri",
+                               help="MLflow tracking URI (default: sqlite:///<output-root>/mlflow.db; any URI works: "
+                                    "sqlite:///..., http://host:5000, file:... with MLFLOW_ALLOW_FILE_STORE set "
+                                    "for the call)")
+    export_mlflow.add_argument("--experiment", help="MLflow experiment (default: nextpoi/<dataset> for each run)")
+    export_mlflow.set_defaults(handler=command_export_mlflow)
     return parser
 
 

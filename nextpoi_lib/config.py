@@ -71,7 +71,11 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    source: Literal["dgi", "table"] = "dgi"
+    # dgi: Deep Graph Infomax over the spatial POI graph; table: the user's own vectors (path); transition_graph:
+    # DGI over the graph of consecutive visits of each fold's training users, one table per fold
+    # (nextpoi_lib.transition_embeddings); transition_graph_all_users: the same over every user's visits, leaky
+    # by construction (a test window's next visit is in the graph), only for measuring that leak.
+    source: Literal["dgi", "table", "transition_graph", "transition_graph_all_users"] = "dgi"
     path: str | None = None  # for source=table: parquet/CSV with placeid, '0'..'63'
     id_column: str = "placeid"
     dim: int = 64
@@ -89,8 +93,12 @@ class EmbeddingConfig:
 class WindowConfig:
     length: int = 9
     stride: int = 1
-    # Inputs of each observed visit the neural heads see.
-    features: list[Literal["embedding", "category", "time", "coordinates"]] = field(
+    # Inputs of each observed visit the neural heads see. poi_identity / venue_type: trainable tables of the
+    # POI / finer category, their vocabulary fitted per fold on the training windows (model.identity_*);
+    # user_past: the user's category counts before the window and own transitions (as the trees' history and
+    # personal features), repeated at every position.
+    features: list[Literal["embedding", "category", "time", "coordinates", "poi_identity", "venue_type",
+                           "user_past"]] = field(
         default_factory=lambda: ["embedding"]
     )
     # Adding the predicted visit's own time changes the task; it must be asked for by this name.
@@ -105,6 +113,14 @@ class FoldConfig:
     strategy: Literal["user_grouped", "legacy_record_level"] = "user_grouped"
     inner_val_fraction: float = 0.15
     seed: int = 42
+    # What a fold keeps whole (user_grouped only). user: each user (in the embedded sample a `tid`, one week's
+    # trajectory). person_proxy: users linked, transitively, by check-ins at the same POI of a subcategory in
+    # person_link_subcategories (a private home), since one person's weeks are separate `tid`s there and
+    # grouping by `tid` leaves most of a test person's other weeks in training (folds.person_proxy_groups).
+    group_by: Literal["user", "person_proxy"] = "user"
+    # The subcategories (dataset.subcategory_column; the embedded sample's venue type) whose POIs link users
+    # under group_by: person_proxy. A home is private to a person; a shared building or a venue is not.
+    person_link_subcategories: list[str] = field(default_factory=lambda: ["Home (private)"])
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,17 @@ class ModelConfig:
     causal: bool = False
     feedforward_dim: int = 256
     category_embedding_dim: int = 32
+    # windows.features poi_identity / venue_type: width of their tables; an id visited fewer than
+    # identity_min_count times in the fold's training windows shares the "unseen" row; identity_dropout: the
+    # chance, in training, that a visit's row is replaced by the unseen row (which trains that row);
+    # identity_weight_decay: AdamW's decay for these tables alone (0: a rare id's row is not shrunk at every
+    # step between its few gradients); identity_init: "random", or "embedding" (each POI's row starts at its
+    # embedding vector; needs identity_dim == embeddings.dim and 'embedding' in windows.features).
+    identity_dim: int = 32
+    identity_min_count: int = 2
+    identity_dropout: float = 0.1
+    identity_weight_decay: float = 0.0
+    identity_init: Literal["random", "embedding"] = "random"
     # Reference baseline "markov" only.
     markov_order: int = 2
 
@@ -217,6 +244,30 @@ class OutputConfig:
     overwrite: bool = False
 
 
+# One value of a tune search-space entry (a bound, a flag, a step or the list of choices), checked by
+# `validate_tune`: the generic coercion accepts any of them so the messages can name what is wrong.
+TuneValue = bool | int | float | str | list[bool | int | float | str] | None
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`nextpoi tune` only (nextpoi_lib/tuning.py): an Optuna study over this file's config. `nextpoi run` ignores
+    the section and runs the base config."""
+    # Dotted config key -> {low, high, log?, step?} (a range; integers when the key holds an integer) or
+    # {choices: [...]}, e.g. {"optimizer.learning_rate": {"low": 1.0e-4, "high": 1.0e-2, "log": true}}. Keys of the
+    # data sections (dataset, embeddings, windows, folds) are refused: windows and folds are prepared once per study.
+    space: dict[str, dict[str, TuneValue]] = field(default_factory=dict)
+    trials: int = 20  # trials per `nextpoi tune` call when --trials is not given
+    # Outer folds (0-based, as in fold_metrics.csv) whose inner-validation users score a trial; never their test users.
+    folds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] | None = None  # null: training.seeds
+    study_name: str | None = None  # null: the run name
+    sampler: Literal["tpe", "random"] = "tpe"
+    sampler_seed: int = 0
+    # "median": stop a trial whose inner-validation macro-F1 after an epoch is below the median of earlier trials'.
+    pruner: Literal["median", "none"] = "median"
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
@@ -234,6 +285,7 @@ class ExperimentConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -476,12 +528,38 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     _require(e.epochs >= 1, f"embeddings.epochs={e.epochs} must be >= 1.")
     _require(e.learning_rate > 0, f"embeddings.learning_rate={e.learning_rate} must be > 0 (e.g. 0.001).")
     _require(e.seed >= 0, f"embeddings.seed={e.seed} must be >= 0.")
+    if e.source in ("transition_graph", "transition_graph_all_users"):
+        _require(d.source != "next_parquet",
+                 f"embeddings.source={e.source!r} builds a graph of consecutive check-ins, and a next.parquet file "
+                 f"holds windows only: load the check-in table (dataset.source: checkins) or use the file's own "
+                 f"embeddings (embeddings.source: dgi).")
+    if e.source == "transition_graph":
+        _require(f.strategy == "user_grouped",
+                 f"embeddings.source='transition_graph' trains each fold's graph on its training users only, but "
+                 f"folds.strategy={f.strategy!r} puts windows of one user in training and test. Valid choices with "
+                 f"this source: folds.strategy: user_grouped.")
+    if e.source == "transition_graph_all_users":
+        warnings.warn("embeddings.source='transition_graph_all_users' trains the POI vectors on every user's "
+                      "transitions, test users included: the next visit of a test window's last POI is in the "
+                      "graph, so its scores are inflated (leaky by construction; the run manifest says "
+                      "embeddings.leaky: true). Use embeddings.source: transition_graph for a leak-free run.",
+                      UserWarning, stacklevel=2)
     _require(w.length >= 1, f"windows.length={w.length} must be >= 1 (the number of past visits the model sees).")
     _require(w.stride >= 1, f"windows.stride={w.stride} must be >= 1 (1 = every transition, "
                             f"{w.length} = non-overlapping windows).")
     _require(len(w.features) >= 1 and len(set(w.features)) == len(w.features),
              f"windows.features={w.features!r} must list each of 'embedding', 'category', 'time', "
-             f"'coordinates' at most once, and at least one of them.")
+             f"'coordinates', 'poi_identity', 'venue_type', 'user_past' at most once, and at least one of them.")
+    needs_checkins = [name for name in ("poi_identity", "venue_type", "user_past") if name in w.features]
+    _require(not (needs_checkins and d.source == "next_parquet"),
+             f"windows.features lists {needs_checkins}, which need each visit's POI and the user's check-in "
+             f"sequence, and a next.parquet file holds only precomputed embeddings: load the check-in table "
+             f"(dataset.source: checkins) or remove {needs_checkins} from windows.features.")
+    if "venue_type" in w.features:
+        _require(d.source == "foursquare_nyc" or (d.source == "checkins" and d.subcategory_column),
+                 f"windows.features lists 'venue_type', which needs a finer category per check-in, and "
+                 f"dataset.source={d.source!r} has none: set dataset.subcategory_column to the column that holds "
+                 f"it (check-in tables), or remove 'venue_type' from windows.features.")
     if d.source == "next_parquet":
         _require(w.features == ["embedding"] and not w.target_time_features,
                  f"windows.features={w.features!r}: a next.parquet file holds only the precomputed embeddings; "
@@ -497,6 +575,20 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     _require(0.0 < f.inner_val_fraction < 0.5,
              f"folds.inner_val_fraction={f.inner_val_fraction} must be between 0 and 0.5 (share of training "
              f"users held out for model selection).")
+    if f.group_by == "person_proxy":
+        _require(f.strategy == "user_grouped",
+                 f"folds.group_by='person_proxy' groups users, and folds.strategy={f.strategy!r} splits windows "
+                 f"without grouping: use folds.strategy: user_grouped, or folds.group_by: user.")
+        _require(d.source == "foursquare_nyc" or (d.source == "checkins" and bool(d.subcategory_column)),
+                 f"folds.group_by='person_proxy' links users through check-ins at POIs of the subcategories "
+                 f"folds.person_link_subcategories, and dataset.source={d.source!r} has no subcategory per "
+                 f"check-in: set dataset.subcategory_column to the column that holds it (check-in tables), or "
+                 f"use folds.group_by: user.")
+        links = f.person_link_subcategories
+        _require(isinstance(links, (list, tuple)) and len(links) >= 1
+                 and all(isinstance(name, str) and name.strip() for name in links),
+                 f"folds.person_link_subcategories={links!r} must list at least one subcategory name (text), e.g. "
+                 f"['Home (private)'] for the embedded Foursquare sample.")
     _require(trees.max_iter >= 1, f"trees.max_iter={trees.max_iter} must be >= 1 (the number of boosting rounds).")
     _require(trees.learning_rate > 0, f"trees.learning_rate={trees.learning_rate} must be > 0 (e.g. 0.1).")
     _require(trees.l2_regularization >= 0, f"trees.l2_regularization={trees.l2_regularization} must be >= 0.")
@@ -511,8 +603,24 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
     _require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1).")
     _require(m.num_layers >= 1, f"model.num_layers={m.num_layers} must be >= 1.")
     _require(m.num_heads >= 1, f"model.num_heads={m.num_heads} must be >= 1.")
-    for key in ("model_dim", "hidden_dim", "feedforward_dim", "category_embedding_dim"):
+    for key in ("model_dim", "hidden_dim", "feedforward_dim", "category_embedding_dim", "identity_dim"):
         _require(getattr(m, key) >= 1, f"model.{key}={getattr(m, key)} must be >= 1 (a layer width).")
+    _require(m.identity_min_count >= 1,
+             f"model.identity_min_count={m.identity_min_count} must be >= 1 (visits in a fold's training windows an "
+             f"id needs for its own row; e.g. 2).")
+    _require(0.0 <= m.identity_dropout < 1.0,
+             f"model.identity_dropout={m.identity_dropout} must be in [0, 1) (e.g. 0.1).")
+    _require(m.identity_weight_decay >= 0,
+             f"model.identity_weight_decay={m.identity_weight_decay} must be >= 0 (e.g. 0.0).")
+    if m.identity_init == "embedding" and "poi_identity" in w.features:
+        _require("embedding" in w.features,
+                 "model.identity_init='embedding' starts each POI's poi_identity row at its embedding vector, which "
+                 "is loaded only when windows.features lists 'embedding': add 'embedding' to windows.features, or "
+                 "set model.identity_init: random.")
+        _require(m.identity_dim == e.dim,
+                 f"model.identity_init='embedding' copies each POI's {e.dim}-d embedding into its poi_identity row, "
+                 f"so model.identity_dim={m.identity_dim} must equal embeddings.dim={e.dim}: set model.identity_dim: "
+                 f"{e.dim}, or set model.identity_init: random.")
     _require(m.markov_order >= 1, f"model.markov_order={m.markov_order} must be >= 1 (the number of last visits "
                                   f"the Markov baseline conditions on).")
     _require(0.0 <= l.label_smoothing < 1.0, f"loss.label_smoothing={l.label_smoothing} must be in [0, 1).")
@@ -532,6 +640,7 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
              f"training.device={t.device!r} must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N' ('auto': a CUDA GPU, "
              f"else Apple's MPS, else the CPU).")
     check_execution_settings(t)
+    validate_tune(config)
 
     # Two re-weightings of the same imbalance over-correct; refuse unless asked for by name.
     stacks = []
@@ -580,6 +689,120 @@ def check_execution_settings(t: TrainingConfig) -> None:
                                           and t.fold_workers >= 1),
              f"training.fold_workers={t.fold_workers!r} is not valid. Valid choices: 'auto' or an integer >= 1 "
              f"(1 = folds one after another in this process).")
+
+
+# A study prepares windows and folds once and scores every trial on the same inner-validation users: keys that
+# would change them (the data sections), the objective's seeds, the device and where the study lives are fixed.
+TUNE_FIXED_SECTIONS = ("dataset", "embeddings", "windows", "folds", "output", "tune")
+TUNE_FIXED_KEYS = ("training.seeds", "training.device", "training.progress")
+_TUNE_RANGE_KEYS = ("low", "high", "log", "step")
+
+
+def tune_key_hint(key: str) -> Any:
+    """The type of the config key a `tune.space` entry names (`section.key`); ConfigError naming it when the key
+    is not one of the config or may not be tuned."""
+    sections = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
+    hints = typing.get_type_hints(ExperimentConfig)
+    section, _, name = str(key).partition(".")
+    tunable = [s for s, hint in hints.items() if dataclasses.is_dataclass(hint) and s not in TUNE_FIXED_SECTIONS]
+    if section not in sections or not dataclasses.is_dataclass(hints[section]) or not name or "." in name:
+        raise ConfigError(f"tune.space key {key!r} is not a config key: write it as section.key, e.g. "
+                          f"'optimizer.learning_rate' or 'model.hidden_dim'. Sections that may be tuned: "
+                          f"{', '.join(tunable)}.")
+    if section in TUNE_FIXED_SECTIONS or key in TUNE_FIXED_KEYS:
+        raise ConfigError(f"tune.space key {key!r} cannot be tuned: a study prepares the windows and folds once and "
+                          f"scores every trial on the same inner-validation users and seeds (tune.seeds), so the "
+                          f"sections {', '.join(TUNE_FIXED_SECTIONS)} and the keys {', '.join(TUNE_FIXED_KEYS)} stay "
+                          f"as the base config sets them. Remove it from tune.space (set it in the base config, or "
+                          f"run one study per value).")
+    fields = typing.get_type_hints(hints[section])
+    if name not in fields:
+        import difflib
+
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f" Did you mean '{section}.{close[0]}'?" if close else ""
+        raise ConfigError(f"tune.space key {key!r} is not a config key.{hint} Valid keys in {section}: "
+                          f"{', '.join(sorted(fields))}.")
+    return fields[name]
+
+
+def tune_number_kind(key: str) -> type | None:
+    """int or float when the dotted config key holds a number (a range can be tuned), else None."""
+    return _numeric_kind(tune_key_hint(key))
+
+
+def _numeric_kind(hint: Any) -> type | None:
+    """int or float when the key holds a number (null or 'auto' besides allowed), else None."""
+    options = get_args(hint) if get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for kind in (int, float):
+        if kind in options:
+            return kind
+    return None
+
+
+def _check_tune_entry(key: str, spec: dict[str, Any]) -> None:
+    hint = tune_key_hint(key)
+    where = f"tune.space[{key!r}]"
+    if "choices" in spec:
+        _require(set(spec) == {"choices"},
+                 f"{where} gives choices together with {sorted(set(spec) - {'choices'})}: an entry is either "
+                 f"{{choices: [...]}} or a range {{low, high, log?, step?}}.")
+        choices = spec["choices"]
+        _require(isinstance(choices, list) and len(choices) >= 1,
+                 f"{where}.choices={choices!r} must be a non-empty list of values, e.g. [64, 128].")
+        for index, choice in enumerate(choices):
+            _coerce(choice, hint, f"{where}.choices[{index}]")
+        _require(len({repr(c) for c in choices}) == len(choices), f"{where}.choices={choices!r} lists a value twice.")
+        return
+    unknown = sorted(set(spec) - set(_TUNE_RANGE_KEYS))
+    _require(not unknown, f"{where} has the unknown key {unknown[0] if unknown else ''!r}. Valid keys: "
+                          f"choices, or {', '.join(_TUNE_RANGE_KEYS)}.")
+    _require("low" in spec and "high" in spec,
+             f"{where}={spec!r} needs low and high (a range, with log: true for a log scale and step for a grid) or "
+             f"choices: [...].")
+    kind = _numeric_kind(hint)
+    _require(kind is not None, f"{where} is a range, but {key} is not a number: give its values as choices: [...].")
+    for bound in ("low", "high", "step"):
+        value = spec.get(bound)
+        if value is None and bound == "step":
+            continue
+        if kind is int:
+            _require(isinstance(value, int) and not isinstance(value, bool),
+                     f"{where}.{bound}={value!r} must be an integer: {key} holds an integer.")
+        else:
+            extra = (" YAML reads numbers like 1e-3 as text; write 1.0e-3 or 0.001." if isinstance(value, str) else "")
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                     f"{where}.{bound}={value!r} must be a finite number.{extra}")
+    low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
+    _require(isinstance(log, bool), f"{where}.log={log!r} must be true or false.")
+    _require(low < high, f"{where}: low={low!r} must be below high={high!r}.")
+    _require(not log or low > 0, f"{where}: log: true needs low > 0 (got low={low!r}).")
+    _require(step is None or step > 0, f"{where}.step={step!r} must be > 0.")
+    _require(not (log and step is not None),
+             f"{where}: log and step cannot be combined (Optuna samples a log range continuously): drop one.")
+
+
+def validate_tune(config: ExperimentConfig) -> None:
+    """The tune section's own checks (the keys and the shape of each range); `tuning.check_space` also builds the
+    config at every bound and choice, so a value the config would refuse is named before any trial runs."""
+    tune = config.tune
+    _require(tune.trials >= 1, f"tune.trials={tune.trials} must be >= 1 (trials per nextpoi tune call).")
+    n_splits = config.folds.n_splits
+    _require(len(tune.folds) >= 1 and len(set(tune.folds)) == len(tune.folds)
+             and all(0 <= fold < n_splits for fold in tune.folds),
+             f"tune.folds={tune.folds!r} must list at least one outer fold, each once, each in 0..{n_splits - 1} "
+             f"(folds.n_splits={n_splits}); e.g. [0, 1].")
+    if tune.seeds is not None:
+        _require(len(tune.seeds) >= 1 and len(set(tune.seeds)) == len(tune.seeds) and min(tune.seeds) >= 0,
+                 f"tune.seeds={tune.seeds!r} must list at least one seed, each once, each >= 0 (or null: "
+                 f"training.seeds).")
+    if tune.study_name is not None:
+        _require(is_safe_name(tune.study_name),
+                 f"tune.study_name={tune.study_name!r} names the study's file: it must be {SAFE_NAME_RULE}. Set "
+                 f"it to e.g. '{_suggest_name(tune.study_name)}'.")
+    _require(tune.sampler_seed >= 0, f"tune.sampler_seed={tune.sampler_seed} must be >= 0.")
+    for key, spec in tune.space.items():
+        _check_tune_entry(key, spec)
 
 
 def config_to_yaml(config: ExperimentConfig) -> str:

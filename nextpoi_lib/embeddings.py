@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from .data import DataError
+from .progress import progress_step
 
 __all__ = [
     "build_spatial_graph",
@@ -323,48 +324,16 @@ def _quiet_sparse_warnings():
         yield
 
 
-def compute_dgi_embeddings(
-    pois: pd.DataFrame,
-    categories: list[str],
-    dim: int = 64,
-    graph: str = "delaunay",
-    knn_k: int = 10,
-    epochs: int = 200,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = False,
-) -> pd.DataFrame:
-    """Train Deep Graph Infomax on the spatial POI graph and return one vector per POI.
-
-    ``pois`` has one row per POI with columns ``poi_id, latitude, longitude, category``; the node
-    features are the one-hot category in ``categories`` order. The graph is
-    ``build_spatial_graph(..., method=graph, knn_k=knn_k)``. Training is full batch with Adam.
-
-    Returns a DataFrame indexed by ``poi_id`` (index name ``poi_id``, rows in the order of
-    ``pois``) with float32 columns ``"0"`` .. ``str(dim - 1)``. On CPU the same inputs and seed
-    give bit-identical vectors. The caller's global torch random state is left untouched.
-    """
+def train_dgi(x: torch.Tensor, edge_index: torch.Tensor, dim: int, epochs: int, learning_rate: float, seed: int,
+              device: str = "cpu", progress: bool = False, label: str = "DGI") -> np.ndarray:
+    """Full-batch Deep Graph Infomax (one GCN layer + PReLU encoder, mean-sigmoid summary, Adam) on the node
+    features `x` [n, F] over the symmetric graph `edge_index` [2, E]; returns the [n, dim] float32 node vectors.
+    Used by the spatial graph here and by the per-fold transition graphs (`transition_embeddings`). Same inputs
+    and seed give bit-identical vectors on CPU; the caller's torch random state is left untouched."""
     from torch_geometric.nn import DeepGraphInfomax
     from torch_geometric.utils import to_torch_csr_tensor
 
-    _validate_pois(pois, categories)
-    for name, value, minimum in (("dim", dim, 1), ("epochs", epochs, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-    if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
-        raise ValueError(f"learning_rate must be a positive number; got {learning_rate!r}.")
-
-    cats = list(categories)
-    n = len(pois)
-    lat = pd.to_numeric(pois["latitude"]).to_numpy(dtype=np.float64)
-    lon = pd.to_numeric(pois["longitude"]).to_numpy(dtype=np.float64)
-    edge_index = build_spatial_graph(lat, lon, method=graph, knn_k=knn_k)
-
-    cat_index = pd.Index(cats).get_indexer(pois["category"])
-    x = torch.zeros((n, len(cats)), dtype=torch.float32)
-    x[torch.arange(n), torch.from_numpy(cat_index.astype(np.int64))] = 1.0
-
+    n = x.shape[0]
     dev = torch.device(device)
     x = x.to(dev)
     # GCNConv also takes the adjacency as a sparse CSR matrix; on CPU its sparse-dense product is
@@ -391,12 +360,14 @@ def compute_dgi_embeddings(
 
         model = DeepGraphInfomax(
             hidden_channels=int(dim),
-            encoder=_GCNEncoder(len(cats), int(dim)),
+            encoder=_GCNEncoder(x.shape[1], int(dim)),
             summary=_mean_sigmoid_summary,
             corruption=corruption,
         ).to(dev)
         optimizer = torch.optim.Adam(model.parameters(), lr=float(learning_rate))
 
+        # Live progress bars (nextpoi batch): one step per DGI epoch, to the environment's event file if any.
+        progress_step(None, "embeddings", 0, int(epochs), f"{label} on {n} POIs")
         for epoch in range(1, int(epochs) + 1):
             model.train()
             optimizer.zero_grad()
@@ -404,17 +375,60 @@ def compute_dgi_embeddings(
             loss = model.loss(pos_z, neg_z, summary)
             loss.backward()
             optimizer.step()
+            progress_step(None, "embeddings", epoch, int(epochs), f"{label} epoch {epoch}/{epochs}")
             if progress and (epoch == 1 or epoch % 50 == 0 or epoch == epochs):
                 print(
-                    f"DGI epoch {epoch}/{epochs}  loss {loss.item():.4f}  "
+                    f"{label} epoch {epoch}/{epochs}  loss {loss.item():.4f}  "
                     f"({time.perf_counter() - started:.1f}s)",
                     flush=True,
                 )
 
         model.eval()
         with torch.no_grad():
-            z = model.encoder(x, adjacency).detach().to("cpu", torch.float32).numpy()
+            return model.encoder(x, adjacency).detach().to("cpu", torch.float32).numpy()
 
+
+def compute_dgi_embeddings(
+    pois: pd.DataFrame,
+    categories: list[str],
+    dim: int = 64,
+    graph: str = "delaunay",
+    knn_k: int = 10,
+    epochs: int = 200,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Train Deep Graph Infomax on the spatial POI graph and return one vector per POI.
+
+    ``pois`` has one row per POI with columns ``poi_id, latitude, longitude, category``; the node
+    features are the one-hot category in ``categories`` order. The graph is
+    ``build_spatial_graph(..., method=graph, knn_k=knn_k)``. Training is full batch with Adam.
+
+    Returns a DataFrame indexed by ``poi_id`` (index name ``poi_id``, rows in the order of
+    ``pois``) with float32 columns ``"0"`` .. ``str(dim - 1)``. On CPU the same inputs and seed
+    give bit-identical vectors. The caller's global torch random state is left untouched.
+    """
+    _validate_pois(pois, categories)
+    for name, value, minimum in (("dim", dim, 1), ("epochs", epochs, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number; got {learning_rate!r}.")
+
+    cats = list(categories)
+    n = len(pois)
+    lat = pd.to_numeric(pois["latitude"]).to_numpy(dtype=np.float64)
+    lon = pd.to_numeric(pois["longitude"]).to_numpy(dtype=np.float64)
+    edge_index = build_spatial_graph(lat, lon, method=graph, knn_k=knn_k)
+
+    cat_index = pd.Index(cats).get_indexer(pois["category"])
+    x = torch.zeros((n, len(cats)), dtype=torch.float32)
+    x[torch.arange(n), torch.from_numpy(cat_index.astype(np.int64))] = 1.0
+
+    z = train_dgi(x, edge_index, dim=int(dim), epochs=int(epochs), learning_rate=float(learning_rate),
+                  seed=int(seed), device=device, progress=progress, label="DGI")
     if not np.isfinite(z).all():
         raise RuntimeError(
             "DGI training diverged (the embeddings contain NaN or inf). Lower learning_rate "
@@ -521,17 +535,22 @@ def cached_dgi_embeddings(
 
     embeddings = compute_dgi_embeddings(pois, categories, **settings)
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    to_store = embeddings.iloc[order]
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        to_store.to_parquet(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_parquet_atomic(embeddings.iloc[order], path)
     return embeddings
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write `frame` to `path` under a temporary name beside it, then rename: a cache file is whole or absent,
+    also when two processes write it at once or one is killed while writing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        frame.to_parquet(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from .heads import MODEL_REGISTRY
 from .layers import Layer, resolve_layers
 from .preparation import PreparedData, prepare_data
 from .progress import Progress
+from .transition_embeddings import embeddings_manifest
 from .results import CrossValidationResult
 from .runfolder import (check_output_writable, check_run_target, remove_stale_temporaries, run_directory,
                         write_run)
@@ -65,12 +66,14 @@ class NeuralRun:
         return True
 
     def reads_visit_categories(self, config: ExperimentConfig) -> bool:
-        # The heads' input encoder maps an unknown category (-1) to a zero row.
-        return False
+        # The heads' input encoder maps an unknown category (-1) to a zero row; the user_past input counts the
+        # visits' categories (the trees' history and personal columns) and needs a class id for each.
+        return "user_past" in config.windows.features
 
     def cross_validate(self, config: ExperimentConfig, prepared: PreparedData,
                        progress: Progress) -> CrossValidationResult:
-        return cross_validate(config, prepared.windows, prepared.fold_manifest, progress)
+        return cross_validate(config, prepared.windows, prepared.fold_manifest, progress,
+                              fold_tables=prepared.fold_embeddings)
 
 
 class BaselineRun:
@@ -112,7 +115,8 @@ class BlendedRun(NeuralRun):
         progress(f"Blend: cross-validating the {head} head first; its inner-validation and test log-probabilities "
                  f"are blended with the trees'")
         head_config = updated(config, model={"name": head})
-        neural_run = cross_validate(head_config, prepared.windows, prepared.fold_manifest, progress)
+        neural_run = cross_validate(head_config, prepared.windows, prepared.fold_manifest, progress,
+                                    fold_tables=prepared.fold_embeddings)
         return cross_validate_fitted(config, prepared.windows, prepared.fold_manifest,
                                      lambda seed: GradientBoostedTrees.from_config(config.trees, seed), progress,
                                      refit_with_inner_val=config.trees.refit_with_inner_val, neural_run=neural_run,
@@ -230,6 +234,10 @@ def run_manifest(config: ExperimentConfig, prepared: PreparedData, result: Cross
         "duration_seconds": round(duration, 2), "model": config.model.name, "kind": run_kind(config),
         "seed_dependent": seed_dependent(config),
         "features": config.windows.features,
+        # The POI embeddings' source; `leaky: true` for a source trained on the test users' visits
+        # (transition_graph_all_users); per-fold tables add each fold's graph and its unseen POIs.
+        "embeddings": embeddings_manifest(config.embeddings.source, run_kind_of(config).uses_embeddings(config)
+                                          and config.dataset.source != "next_parquet", prepared.fold_embeddings),
         # Stacked folds draw dropout masks differently from one fold at a time: say which path ran.
         "engine": result.extra.get("engine", {"mode": "baseline"}),
         # Trees blended with a neural head: the head and the weight chosen per (seed, fold).
@@ -242,7 +250,8 @@ def run_manifest(config: ExperimentConfig, prepared: PreparedData, result: Cross
 def computes_dgi_embeddings(config: ExperimentConfig, kind=None) -> bool:
     """Whether the run computes (or reads cached) DGI POI embeddings, i.e. writes `<root>/.cache/embeddings`."""
     kind = kind or run_kind_of(config)
-    return (kind.uses_embeddings(config) and config.embeddings.source == "dgi"
+    return (kind.uses_embeddings(config)
+            and config.embeddings.source in ("dgi", "transition_graph", "transition_graph_all_users")
             and config.dataset.source != "next_parquet")
 
 

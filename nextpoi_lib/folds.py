@@ -6,6 +6,12 @@ the same check-ins — whatever its window length or stride — gets the same fo
 `inner_val_users`, carved from the training users; the reporting fold is never looked at before the end.
 The record-level split of our users' old code (windows of one user in train and test) exists only as the
 explicitly named `legacy_record_level` strategy.
+
+`folds.group_by: person_proxy` groups users further: in the embedded sample a "user" is one week's
+trajectory, and many weeks belong to one person, so grouping by user alone leaves most of a test person's
+other weeks in training. The proxy links every two users who checked in at the same private-home POI (a
+POI whose subcategory is one of `folds.person_link_subcategories`), transitively (`person_proxy_groups`),
+and the outer folds and the inner validation split both keep each such group whole.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, StratifiedShuffleSplit
 
 from .config import FoldConfig
@@ -40,11 +47,19 @@ class FoldManifest:
     inner_val_fraction: float
     hash: str
     folds: list[Fold]
+    group_by: str = "user"
+    # group_by person_proxy: user -> group id (the group's smallest user id), so the grouping can be audited.
+    groups: dict[str, str] | None = None
+    person_link_subcategories: list[str] | None = None
 
     def to_json(self) -> dict:
+        grouping = {} if self.groups is None else {
+            "person_link_subcategories": self.person_link_subcategories,
+            "n_groups": len(set(self.groups.values())), "groups": self.groups}
         return {
             "strategy": self.strategy, "n_splits": self.n_splits, "seed": self.seed,
-            "inner_val_fraction": self.inner_val_fraction, "hash": self.hash,
+            "inner_val_fraction": self.inner_val_fraction, "hash": self.hash, "group_by": self.group_by,
+            **grouping,
             "folds": [{
                 "fold": fold.fold, "n_train": int(len(fold.train_index)),
                 "n_inner_val": int(len(fold.inner_val_index)), "n_test": int(len(fold.test_index)),
@@ -55,20 +70,51 @@ class FoldManifest:
 
 
 def _user_folds(users: np.ndarray, labels: np.ndarray, n_splits: int, seed: int,
-                too_few: str | None = None) -> dict[str, int]:
-    """Map each user to one of n_splits folds, stratified by label over samples. `too_few`: the message when
-    there are fewer users than parts ({n_users} is filled in); by default the outer folds' one."""
-    n_users = len(np.unique(users))
+                too_few: str | None = None, groups: np.ndarray | None = None) -> dict[str, int]:
+    """Map each user to one of n_splits folds, stratified by label over samples. `groups`: the samples' group
+    (default: the user itself), kept whole in one fold. `too_few`: the message when there are fewer groups than
+    parts ({n_users} and {unit}, users or groups, are filled in); by default the outer folds' one."""
+    unit = "users" if groups is None else "person-proxy groups of users (folds.group_by: person_proxy)"
+    groups = users if groups is None else groups
+    n_users = len(np.unique(groups))
     if n_users < n_splits:
-        raise DataError((too_few or "Only {n_users} users, fewer than folds.n_splits=" + str(n_splits) +
-                         ": user-grouped folds need at least one user per fold. Lower folds.n_splits or add "
-                         "data.").format(n_users=n_users))
+        raise DataError((too_few or "Only {n_users} " + unit + ", fewer than folds.n_splits=" + str(n_splits)
+                         + ": user-grouped folds need at least one user per fold. Lower folds.n_splits or add "
+                         "data.").format(n_users=n_users, unit=unit))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     assignment: dict[str, int] = {}
-    for fold, (_, test) in enumerate(splitter.split(np.zeros(len(users)), labels, groups=users)):
+    for fold, (_, test) in enumerate(splitter.split(np.zeros(len(users)), labels, groups=groups)):
         for user in np.unique(users[test]):
             assignment[str(user)] = fold
     return assignment
+
+
+def person_proxy_groups(sample_users: np.ndarray, sample_pois: np.ndarray, sample_subcategories: np.ndarray,
+                        link_subcategories: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """user -> person-proxy group: the connected components of the graph in which two users are joined when
+    both checked in at one POI whose subcategory is in `link_subcategories` (a private home), so users who
+    share a home transitively form one group. A user with no such check-in is a group of its own. A group's id
+    is its smallest user id (as text), which does not depend on the order of the samples."""
+    sample_users = np.asarray(sample_users).astype(str)
+    parent = {user: user for user in np.unique(sample_users).tolist()}
+
+    def root(user: str) -> str:
+        while parent[user] != user:
+            parent[user] = parent[parent[user]]  # path halving keeps the trees flat
+            user = parent[user]
+        return user
+
+    linking = np.isin(np.asarray(sample_subcategories).astype(str), list(link_subcategories))
+    pois = np.asarray(sample_pois).astype(str)[linking]
+    for poi_users in pd.Series(sample_users[linking]).groupby(pois).unique():
+        first = root(poi_users[0])
+        for user in poi_users[1:]:
+            other = root(user)
+            if other != first:
+                # The smaller id becomes the root, so each root is its component's smallest user id.
+                first, other = min(first, other), max(first, other)
+                parent[other] = first
+    return {user: root(user) for user in parent}
 
 
 @dataclass
@@ -78,25 +124,41 @@ class UserAssignment:
     inner: list[dict[str, int]]  # per outer fold: training user -> inner part (part 0 validates)
     sample_users: np.ndarray  # the samples the assignment was stratified on
     sample_labels: np.ndarray
+    groups: dict[str, str] | None = None  # group_by person_proxy: user -> group id; None when grouped by user
 
 
-def assign_users(sample_users: np.ndarray, sample_labels: np.ndarray, config: FoldConfig) -> UserAssignment:
+def assign_users(sample_users: np.ndarray, sample_labels: np.ndarray, config: FoldConfig,
+                 sample_pois: np.ndarray | None = None,
+                 sample_subcategories: np.ndarray | None = None) -> UserAssignment:
     """The user-grouped assignment of `make_fold_manifest`, from the samples alone (no windows needed): cheap,
-    so a data set with too few users is refused before any expensive work."""
+    so a data set with too few users is refused before any expensive work. With folds.group_by person_proxy,
+    `sample_pois` and `sample_subcategories` (the check-ins' POI and subcategory) define the groups."""
     sample_users = np.asarray(sample_users).astype(str)
     sample_labels = np.asarray(sample_labels)
     inner_splits = max(2, int(round(1.0 / config.inner_val_fraction)))
-    outer = _user_folds(sample_users, sample_labels, config.n_splits, config.seed)
+    groups = None
+    sample_groups = None  # None: each user is its own group, exactly as before group_by existed
+    if config.group_by == "person_proxy":
+        if sample_pois is None or sample_subcategories is None:
+            raise DataError("folds.group_by='person_proxy' links users who visit the same private-home POI and "
+                            "needs each check-in's POI and subcategory, which this data does not provide. Set "
+                            "dataset.subcategory_column (check-in tables), or use folds.group_by: user.")
+        groups = person_proxy_groups(sample_users, sample_pois, sample_subcategories,
+                                     config.person_link_subcategories)
+        sample_groups = np.array([groups[user] for user in sample_users])
+    outer = _user_folds(sample_users, sample_labels, config.n_splits, config.seed, groups=sample_groups)
     sample_fold = np.array([outer[user] for user in sample_users])
     inner = []
     for fold in range(config.n_splits):
         training_samples = sample_fold != fold
-        too_few = (f"Only {{n_users}} training users in fold {fold}, fewer than the {inner_splits} parts the inner "
+        too_few = (f"Only {{n_users}} training {{unit}} in fold {fold}, fewer than the {inner_splits} parts the inner "
                    f"validation split needs (folds.inner_val_fraction={config.inner_val_fraction}). Raise "
                    f"folds.inner_val_fraction, lower folds.n_splits, or add users.")
         inner.append(_user_folds(sample_users[training_samples], sample_labels[training_samples], inner_splits,
-                                 config.seed + 1 + fold, too_few))
-    return UserAssignment(outer=outer, inner=inner, sample_users=sample_users, sample_labels=sample_labels)
+                                 config.seed + 1 + fold, too_few,
+                                 groups=None if sample_groups is None else sample_groups[training_samples]))
+    return UserAssignment(outer=outer, inner=inner, sample_users=sample_users, sample_labels=sample_labels,
+                          groups=groups)
 
 
 def make_fold_manifest(window_users: np.ndarray, window_targets: np.ndarray, config: FoldConfig, data_hash: str,
@@ -142,14 +204,22 @@ def make_fold_manifest(window_users: np.ndarray, window_targets: np.ndarray, con
             raise DataError(f"Fold {fold.fold} has an empty training, inner validation or test part "
                             f"({len(fold.train_index)}/{len(fold.inner_val_index)}/{len(fold.test_index)} windows). "
                             f"Use more data or fewer folds.")
+    groups = assignment.groups if config.strategy == "user_grouped" and assignment is not None else None
+    # The grouping enters the hash only when it is not the default, so group_by: user keeps today's hashes.
+    grouping = {} if groups is None else {"group_by": config.group_by,
+                                          "person_link_subcategories": list(config.person_link_subcategories),
+                                          "groups": groups}
     digest = hashlib.sha256(json.dumps({
         "data": data_hash, "strategy": config.strategy, "n_splits": config.n_splits, "seed": config.seed,
         "inner_val_fraction": config.inner_val_fraction,
         "test": [fold.test_users if config.strategy == "user_grouped" else fold.test_index.tolist() for fold in folds],
-        "inner": [fold.inner_val_users for fold in folds],
+        "inner": [fold.inner_val_users for fold in folds], **grouping,
     }, sort_keys=True).encode()).hexdigest()[:16]
     return FoldManifest(strategy=config.strategy, n_splits=config.n_splits, seed=config.seed,
-                        inner_val_fraction=config.inner_val_fraction, hash=digest, folds=folds)
+                        inner_val_fraction=config.inner_val_fraction, hash=digest, folds=folds,
+                        group_by=(config.group_by if groups is not None else
+                                  "user" if config.strategy == "user_grouped" else "record"), groups=groups,
+                        person_link_subcategories=None if groups is None else list(config.person_link_subcategories))
 
 
 RARE_CLASS_THRESHOLD = 5  # fewer training targets than this in a fold: that class's F1 there rests on little

@@ -3,7 +3,9 @@
 Every head has one signature: `forward(x, mask, return_attention=False) -> logits` with x [B, L, F] and
 mask [B, L] (True = observed visit); heads with attention pooling return `(logits, attention)` when asked,
 attention [B, L] summing to 1 over observed positions. `InputEncoder` turns a window batch into x according
-to the feature set of the parameter file. Adding a head is one class and one line in MODEL_REGISTRY.
+to the feature set of the parameter file (with `poi_identity` / `venue_type` it holds one trainable table per
+identity feature over the fold's vocabulary, `build_model(..., vocabularies)`; `parameter_groups` gives those
+tables their own AdamW weight decay). Adding a head is one class and one line in MODEL_REGISTRY.
 
 What a head can do is declared on its class, read by the training package and the config checks:
 `returns_attention` (it pools with attention weights it can return), `stackable` (`torch.vmap` can batch its
@@ -18,7 +20,8 @@ import math
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
+from .features.identity import FIRST_VOCABULARY_ROW, IDENTITY_FEATURES, PADDING_ROW, UNSEEN_ROW, Vocabulary
 
 
 def last_valid_step(sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -164,30 +167,70 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
 }
 
 
+class IdentityEmbedding(nn.Module):
+    """A trainable table over one fold's vocabulary (`features.identity`): visit codes -> rows -> vectors.
+
+    The fold's code -> row map is a buffer, so the model carries its own vocabulary. Row 0 (padding) stays zero
+    and gets no gradient; row 1 is the shared unseen row. In training mode each observed visit's row is replaced
+    by the unseen row with probability `id_dropout`, which also trains that row for ids the fold never saw."""
+
+    def __init__(self, vocabulary: Vocabulary, dim: int, id_dropout: float, initial: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("remap", torch.from_numpy(vocabulary.remap.copy()), persistent=False)
+        self.table = nn.Embedding(vocabulary.rows, dim, padding_idx=PADDING_ROW)
+        self.id_dropout = id_dropout
+        if initial is not None:
+            # initial: [S, dim] a vector per code (the POIs' DGI vectors); the unseen row starts at their mean
+            # over the vocabulary, the "average training POI".
+            with torch.no_grad():
+                vectors = initial[torch.from_numpy(vocabulary.codes)].float()
+                self.table.weight[FIRST_VOCABULARY_ROW:] = vectors
+                self.table.weight[UNSEEN_ROW] = vectors.mean(dim=0) if len(vectors) else 0.0
+
+    def rows(self, codes: torch.Tensor) -> torch.Tensor:
+        rows = self.remap[codes]
+        if self.training and self.id_dropout > 0:
+            dropped = (torch.rand(rows.shape, device=rows.device) < self.id_dropout) & (rows != PADDING_ROW)
+            rows = torch.where(dropped, torch.full_like(rows, UNSEEN_ROW), rows)
+        return rows
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.table(self.rows(codes))
+
+
 class InputEncoder(nn.Module):
     """Builds x [B, L, F] from a window batch according to the feature set.
 
     embedding: the frozen POI embedding of each visit; category: a learned embedding of the visit's
-    category; time and coordinates: precomputed numeric features (see `features.sequence.numeric_features`).
+    category; time, coordinates and user_past: precomputed numeric features (see
+    `features.sequence.numeric_features`); poi_identity and venue_type: trainable tables over the fold's
+    vocabularies (`IdentityEmbedding`, added by `build_model` after the head is built, so that the head's
+    initial weights do not depend on the size of the fold's vocabulary).
     """
 
     def __init__(self, features: list[str], embedding_dim: int, num_classes: int, category_embedding_dim: int,
-                 numeric_dim: int):
+                 numeric_dim: int, identity_dim: int = 0):
         super().__init__()
         self.use_embedding = "embedding" in features
         self.category = (nn.Embedding(num_classes + 1, category_embedding_dim, padding_idx=num_classes)
                          if "category" in features else None)
         self.num_classes = num_classes
+        self.identity_names = [name for name in IDENTITY_FEATURES if name in features]
+        self.identity = nn.ModuleDict()
         self.output_dim = ((embedding_dim if self.use_embedding else 0)
-                           + (category_embedding_dim if self.category is not None else 0) + numeric_dim)
+                           + (category_embedding_dim if self.category is not None else 0) + numeric_dim
+                           + identity_dim * len(self.identity_names))
 
-    def forward(self, embedded: torch.Tensor, category: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+    def forward(self, embedded: torch.Tensor, category: torch.Tensor, numeric: torch.Tensor,
+                identity: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         parts = []
         if self.use_embedding:
             parts.append(embedded)
         if self.category is not None:
             # -1 (unknown / padding) maps to the padding row, which stays zero.
             parts.append(self.category(torch.where(category < 0, self.num_classes, category)))
+        for name in self.identity_names:
+            parts.append(self.identity[name](identity[name]))
         if numeric.shape[-1]:
             parts.append(numeric)
         return torch.cat(parts, dim=-1)
@@ -201,12 +244,46 @@ class SequenceClassifier(nn.Module):
         self.encoder = encoder
         self.head = head
 
-    def forward(self, embedded, category, numeric, mask, return_attention: bool = False):
-        return self.head(self.encoder(embedded, category, numeric), mask, return_attention=return_attention)
+    def forward(self, embedded, category, numeric, mask, return_attention: bool = False,
+                identity: dict[str, torch.Tensor] | None = None):
+        return self.head(self.encoder(embedded, category, numeric, identity), mask, return_attention=return_attention)
 
 
 def build_model(config: ModelConfig, features: list[str], embedding_dim: int, num_classes: int, max_length: int,
-                numeric_dim: int) -> SequenceClassifier:
-    encoder = InputEncoder(features, embedding_dim, num_classes, config.category_embedding_dim, numeric_dim)
+                numeric_dim: int, vocabularies: dict[str, Vocabulary] | None = None,
+                embedding_table: torch.Tensor | None = None) -> SequenceClassifier:
+    """Encoder + head. `vocabularies`: the fold's vocabulary of each identity feature in `features`
+    (`features.identity.fold_vocabularies`); `embedding_table`: the POI vectors that `identity_init: embedding`
+    copies into the poi_identity table."""
+    identity_names = [name for name in IDENTITY_FEATURES if name in features]
+    missing = [name for name in identity_names if name not in (vocabularies or {})]
+    if missing:
+        raise ValueError(f"build_model needs the fold's vocabulary of {missing} (features.identity.fold_vocabularies)")
+    encoder = InputEncoder(features, embedding_dim, num_classes, config.category_embedding_dim, numeric_dim,
+                           config.identity_dim if identity_names else 0)
     head = MODEL_REGISTRY[config.name].from_config(config, encoder.output_dim, num_classes, max_length)
+    # The identity tables draw their initial values after the head's: no other weight depends on their sizes.
+    for name in identity_names:
+        initial = None
+        if name == "poi_identity" and config.identity_init == "embedding":
+            if embedding_table is None or embedding_table.shape[1] != config.identity_dim:
+                width = None if embedding_table is None else embedding_table.shape[1]
+                raise ConfigError(f"model.identity_init='embedding' copies each POI's embedding into its "
+                                  f"poi_identity row, so model.identity_dim={config.identity_dim} must equal the "
+                                  f"embedding width ({width}): set model.identity_dim: {width} (and keep "
+                                  f"'embedding' in windows.features), or use model.identity_init: random.")
+            initial = embedding_table.detach().cpu()
+        encoder.identity[name] = IdentityEmbedding(vocabularies[name], config.identity_dim, config.identity_dropout,
+                                                   initial)
     return SequenceClassifier(encoder, head)
+
+
+def parameter_groups(config: ModelConfig, model: nn.Module):
+    """The optimiser's parameters: `model.parameters()` as they are, or with identity tables two AdamW groups,
+    the tables with their own weight decay (`model.identity_weight_decay`)."""
+    identity = [p for name, p in model.named_parameters() if ".identity." in f".{name}"]
+    if not identity:
+        return model.parameters()
+    chosen = {id(p) for p in identity}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    return [{"params": rest}, {"params": identity, "weight_decay": config.identity_weight_decay}]

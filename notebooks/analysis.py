@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.18.1
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -54,8 +55,9 @@ for note in comparability.notes:
 # %% [markdown]
 # ## Leaderboard
 #
-# Mean ± std over fold × seed. Δ against the reference run; Wilcoxon p from a two-sided paired test over
-# matched (seed, fold) pairs (the `note` column says when there are too few pairs for any p below 0.05).
+# Mean ± std over fold × seed. Δ against the reference run; Wilcoxon p from a two-sided paired test over fold
+# means (each run averaged over its seeds within a fold, one pair per fold: the folds are the independent units,
+# so with 5 folds no p is below 2/2^5 = 0.0625; the `note` column says so).
 
 # %%
 table = tables.leaderboard(runs, reference=reference or None, selection=selection)
@@ -88,6 +90,23 @@ for run in runs:
 
 # %%
 figures.attention_figure(runs).show()
+
+# %% [markdown]
+# ## Tuning studies
+#
+# Optuna studies of `nextpoi tune` stored beside these runs (`<dataset>/.tuning/<study>.db`): trials per state,
+# the best inner-validation macro-F1 and its parameters, then the optimisation history, parameter importances
+# and slices, read from the stored study by `nextpoi_lib.tuning`.
+
+# %%
+from nextpoi_lib import tuning
+
+studies = sorted({study for path in run_paths for study in tuning.discover_studies(path.parent)})
+print(f"{len(studies)} tuning studies" + ("" if studies else " (nextpoi tune stores them in <dataset>/.tuning/)"))
+for storage, study_name in studies:
+    print(tuning.study_summary(storage, study_name))
+    for figure in tuning.study_figures(storage, study_name).values():
+        figure.show()
 
 # %% [markdown]
 # ## Interactive explorer

@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.18.1
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -77,6 +78,7 @@ optimizer = {"weight_decay": 1.0e-4}
 scheduler = {"name": "onecycle", "max_lr": 3.0e-3, "pct_start": 0.3, "div_factor": 10.0, "final_div_factor": 100.0}
 training = {"epochs": 3, "batch_size": 256, "seeds": [0], "device": "auto"}
 output = {}
+tune = {}  # nextpoi tune only (the search space, README "Tune"); ignored by a run
 
 # %% [markdown]
 # ## Configuration

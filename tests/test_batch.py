@@ -7,8 +7,10 @@ roots that share one embedding cache.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -145,14 +147,21 @@ def test_rerun_skips_complete_runs_and_retries_failed_ones(first_batch):
         def flush(self):
             pass
 
+    # With live bars (asked for: the stream is no terminal), which change nothing of the above.
     summary = batch.run_batch([first_batch["good"], first_batch["broken"]], profile=first_batch["profile"],
-                              output_root=root, stream=Stream())
+                              output_root=root, stream=Stream(), progress_bars=True)
     statuses = {e.name: e.status for e in summary.experiments}
     assert statuses == {"good": "skipped", "broken": "failed"}
     assert manifest(good_dir)["finished_at"] == finished_at  # not re-executed
     assert (good_dir / "notebook.ipynb").stat().st_mtime_ns == notebook_mtime
     printed = "".join(lines)
     assert "skipped good" in printed and "failed broken" in printed and "0 done, 1 failed, 1 skipped" in printed
+    # The kernel wrote its first progress event (data preparation starts, then fails) to the file the batch named
+    # in its environment, and the batch drew it; the file is gone.
+    drawn = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", part).strip() for part in printed.split("\r")]
+    assert any(line.startswith("broken run ") and "| data " in line and " 0/4 [" in line
+               and line.endswith("reading the checkins data]") for line in drawn), printed
+    assert not list((root / "missing" / ".running").glob("*.progress.jsonl"))
     assert json.loads((root / "batch-summary.json").read_text())["counts"]["skipped"] == 1
     assert not summary.ok
     # The complete run alone: exit code 0.
@@ -309,3 +318,236 @@ def test_run_moved_aside_by_a_killed_run_is_put_back_and_skipped(tmp_path):
     assert [e.status for e in summary.experiments] == ["skipped"]
     assert json.loads((root / "foursquare_nyc" / "kept" / "manifest.json").read_text())["run_name"] == "kept"
     assert not aside.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Live progress bars (the notebook execution is replaced by a stand-in that writes progress events)
+
+
+class Terminal:
+    """An output stream that says it is a terminal, keeping what was written."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def write(self, text):
+        self.parts.append(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+STEPS = {"alpha": 3, "beta": 5}
+
+
+def write_events(task) -> None:
+    """What a kernel does with bars on: write its events to the file the batch named in its environment."""
+    from nextpoi_lib.progress import EVENTS_ENVIRONMENT, EventFile
+
+    assert task["env"][EVENTS_ENVIRONMENT] == task["progress_events"]
+    name = Path(task["run_dir"]).name
+    Path(task["running_notebook"]).parent.mkdir(parents=True, exist_ok=True)  # as execute_experiment does
+    events = EventFile(task["env"][EVENTS_ENVIRONMENT], min_interval=0)
+    events.record("train", 0, STEPS[name], "plan")
+    for step in range(1, STEPS[name] + 1):
+        events.record("train", step, STEPS[name], f"{name} step {step}")
+
+
+def test_live_bars_draw_one_line_per_running_experiment(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.delenv("CI", raising=False)
+    created: list[batch.LiveBars] = []
+
+    class RecordedBars(batch.LiveBars):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    both_running, both_written, seen = threading.Barrier(2, timeout=60), threading.Barrier(2, timeout=60), {}
+    snapshot: dict = {}
+
+    def stand_in(task):
+        both_running.wait()
+        write_events(task)
+        both_written.wait()
+        if Path(task["run_dir"]).name == "alpha":
+            bars = created[0]
+            bars.poll()
+            snapshot.update({entry["name"]: (entry["bar"].n, entry["bar"].total)
+                             for entry in bars._running.values()})
+        both_running.wait()  # beta finishes only after alpha looked at both lines
+        seen[Path(task["run_dir"]).name] = task
+        return {"status": "done", "seconds": 0.1}
+
+    monkeypatch.setattr(batch, "LiveBars", RecordedBars)
+    monkeypatch.setattr(batch, "execute_experiment", stand_in)
+    screen = Terminal()
+    files = [small_experiment(tmp_path / f"{name}.yaml", name) for name in STEPS]
+    summary = batch.run_batch(files, output_root=tmp_path / "out", workers=2, stream=screen)
+    assert [e.status for e in summary.experiments] == ["done", "done"]
+    # Both experiments had their line at the same time, each with the counts of its own event file.
+    assert snapshot == {"alpha": (3, 3), "beta": (5, 5)}
+    drawn = screen.text()
+    lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", part).strip() for part in drawn.split("\r")]  # tqdm's cursor moves
+    for name, steps in STEPS.items():
+        assert any(line.startswith(f"{name:<5} run ") and "| train " in line and f" {steps}/{steps} [" in line
+                   and line.endswith(f"{name} step {steps}]") for line in lines)
+        # the plain lines of the batch stay
+        assert f"start {name} (" in drawn and f"done {name} in " in drawn
+        # the event file sat beside the running notebook, and is gone
+        events = Path(seen[name]["progress_events"])
+        assert events == Path(seen[name]["running_notebook"]).with_name(f"{name}.progress.jsonl")
+        assert not events.exists()
+    assert "2 done, 0 failed, 0 skipped of 2" in drawn
+
+
+def test_no_bars_and_no_event_file_with_the_flag_in_ci_or_without_a_terminal(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(batch, "run_batch", lambda *args, **kwargs: calls.append(kwargs) or batch.BatchSummary(
+        experiments=[], output_root="", profile=None, backend="local", workers=1, started_at=""))
+    assert cli.main(["batch", "a.yaml", "--no-progress-bars"]) == 0 and cli.main(["batch", "a.yaml"]) == 0
+    assert [c["progress_bars"] for c in calls] == [False, None]
+    monkeypatch.undo()
+
+    tasks = []
+
+    def stand_in(task):
+        tasks.append(task)
+        return {"status": "done", "seconds": 0.1}
+
+    monkeypatch.setattr(batch, "execute_experiment", stand_in)
+    good = small_experiment(tmp_path / "good.yaml", "good")
+    monkeypatch.setenv("CI", "true")
+    screens = {"ci": Terminal(), "flag": Terminal(), "log": io.StringIO()}
+    batch.run_batch([good], output_root=tmp_path / "ci", stream=screens["ci"])
+    monkeypatch.delenv("CI")
+    batch.run_batch([good], output_root=tmp_path / "flag", stream=screens["flag"], progress_bars=False)
+    batch.run_batch([good], output_root=tmp_path / "log", stream=screens["log"])
+    from nextpoi_lib.progress import EVENTS_ENVIRONMENT
+
+    assert [(t["env"][EVENTS_ENVIRONMENT], t["progress_events"]) for t in tasks] == [("", None)] * 3
+    for screen in screens.values():
+        text = screen.text() if isinstance(screen, Terminal) else screen.getvalue()
+        assert "start good (" in text and "done good in " in text and "\r" not in text and " run 00:" not in text
+
+
+def test_ray_backend_draws_the_bar_of_each_submitted_experiment(tmp_path, monkeypatch):
+    """_run_ray with a stand-in for Ray that runs each task when it is waited for."""
+
+    class Reference:
+        def __init__(self, task):
+            self.task = task
+
+    class StandInRay:
+        def remote(self, function):
+            class Options:
+                def options(self, **_):
+                    return self
+
+                def remote(self, task):
+                    return Reference(task)
+
+            return Options()
+
+        def wait(self, references, num_returns):
+            return references[:num_returns], references[num_returns:]
+
+        def get(self, reference):
+            return batch.execute_experiment(reference.task)
+
+    states = {}
+
+    def stand_in(task):
+        write_events(task)
+        states[Path(task["run_dir"]).name] = bars.state(task["running_notebook"]) is not None
+        return {"status": "done", "seconds": 0.1}
+
+    monkeypatch.setattr(batch, "execute_experiment", stand_in)
+    screen = Terminal()
+    reporter = batch._Reporter(True, 2, screen)
+    pending = []
+    for name in STEPS:
+        running = tmp_path / ".running" / f"{name}.ipynb"
+        events = batch.events_file(running)
+        pending.append((batch.ExperimentOutcome(parameter_file=f"{name}.yaml", status="pending", name=name),
+                        {"run_dir": str(tmp_path / name), "running_notebook": str(running),
+                         "progress_events": str(events), "env": {"NEXTPOI_PROGRESS_EVENTS": str(events)}}))
+    running.parent.mkdir()
+    recorded = []
+    with batch.LiveBars(screen, name_width=5) as bars:
+        reporter.bars = bars
+        batch._run_ray(StandInRay(), pending, None, 0, reporter,
+                       lambda outcome, result: recorded.append((outcome.name, result["status"])))
+    assert states == {"alpha": True, "beta": True} and recorded == [("alpha", "done"), ("beta", "done")]
+    for name, steps in STEPS.items():
+        assert f" {steps}/{steps} [" in screen.text() and not batch.events_file(tmp_path / ".running" /
+                                                                              f"{name}.ipynb").exists()
+
+
+def test_the_event_file_of_a_killed_batch_goes_with_its_notebook(tmp_path):
+    running = tmp_path / ".running" / "a.ipynb"
+    running.parent.mkdir()
+    running.write_text("{}")
+    events = batch.events_file(running)
+    assert events == tmp_path / ".running" / "a.progress.jsonl"
+    events.write_text('{"stage": "train", "done": 1, "total": 2}\n')
+    batch.owner_file(running).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    assert batch.clear_stale_running(running) == os.getpid() and events.exists()  # a live batch's: kept
+    batch.owner_file(running).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+    assert batch.clear_stale_running(running) is None and not events.exists() and not running.exists()
+
+
+GOWALLA7 = Path(__file__).resolve().parent.parent / "parameters" / "classes" / "gowalla7.yaml"
+
+
+def test_a_layer_applies_to_every_file_and_keeps_each_files_run_name(tmp_path, monkeypatch):
+    """`nextpoi batch ... --layer parameters/classes/gowalla7.yaml`: every experiment resolves with the layer (the 7
+    classes), after its file and before the profile; a layer never names a run, also for a file without `name:`."""
+    import yaml
+
+    from nextpoi_lib import notebook_parameters
+    from notebook_support import SHRINK, SMOKE, write_parameter_file
+
+    tasks = {}
+
+    def stand_in(task):
+        tasks[Path(task["run_dir"]).name] = task
+        return {"status": "done", "seconds": 0.1}
+
+    monkeypatch.setattr(batch, "execute_experiment", stand_in)
+    named = small_experiment(tmp_path / "named.yaml", "alpha")
+    # smoke.yaml's sections without its name (and no extends, which would bring that name back).
+    smoke = {key: value for key, value in yaml.safe_load(SMOKE.read_text()).items() if key != "name"}
+    unnamed = write_parameter_file(tmp_path / "unnamed.yaml", {**smoke, **SHRINK})
+    assert "name" not in yaml.safe_load(unnamed.read_text())
+    summary = batch.run_batch([named, unnamed], output_root=tmp_path / "out", progress=False, layers=[GOWALLA7])
+    assert [e.status for e in summary.experiments] == ["done", "done"]
+    assert sorted(tasks) == ["alpha", "unnamed"] and summary.layers == [str(GOWALLA7)]
+    seven = yaml.safe_load(GOWALLA7.read_text())["dataset"]["classes"]
+    for name, task in tasks.items():
+        parameters = task["parameters"]
+        assert parameters["parameter_files"][-1] == str(GOWALLA7) and parameters["name"] == name
+        # What the notebook resolves from the injected parameters: the layer's classes under the file's name.
+        config = notebook_parameters.experiment_config(parameters["parameter_files"], sections={"name": name},
+                                                       output_root=parameters["output_root"])
+        assert config.dataset.classes == seven and config.name == name
+    # Without the layer the same files keep the data's own classes.
+    plain = notebook_parameters.experiment_config([named])
+    assert plain.dataset.classes != seven
+
+
+def test_a_missing_layer_stops_the_batch_before_anything_runs(tmp_path, monkeypatch):
+    from nextpoi_lib.config import ConfigError
+
+    monkeypatch.setattr(batch, "execute_experiment", lambda task: pytest.fail("nothing may run"))
+    with pytest.raises(ConfigError, match="nope.yaml.*--layer"):
+        batch.run_batch([small_experiment(tmp_path / "a.yaml", "a")], output_root=tmp_path / "out", progress=False,
+                        layers=[tmp_path / "nope.yaml"])
+    assert not (tmp_path / "out" / batch.SUMMARY_FILE).exists()

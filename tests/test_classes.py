@@ -214,6 +214,13 @@ def test_prepared_data_reports_dropped_classes_and_refuses_category_readers(tmp_
         assert run_kind_of(reader).reads_visit_categories(reader)
         with pytest.raises(DataError, match=rf"drops the classes \{{'Rare': 3\}}.*'{name}'.*class_map"):
             run_experiment(reader)
+    # A neural head reads them only through the user_past input (counts of the visits' categories).
+    gru = updated(config, model={"name": "gru"})
+    assert not run_kind_of(gru).reads_visit_categories(gru)
+    with_past = updated(config, model={"name": "gru"}, windows={"features": ["category", "time", "user_past"]})
+    assert run_kind_of(with_past).reads_visit_categories(with_past)
+    with pytest.raises(DataError, match=r"'gru' with windows.features 'user_past'.*remove 'user_past'"):
+        run_experiment(with_past)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("manifest.json"))
     # ... the majority class does not read them and runs (its classes: the ones left).
     majority = updated(config, model={"name": "majority"}, name="majority")

@@ -217,3 +217,17 @@ def test_report_refuses_several_datasets_with_one_output(tmp_path, capsys):
         assert f"Report of 1 runs of {dataset} -> {path}" in out
         assert f"nextpoi report: {dataset} (profile test-cpu)" in path.read_text()
     assert not (root / "report.html").exists()
+
+
+def test_report_of_one_dataset_among_several(tmp_path, capsys):
+    root = tmp_path / "outputs"
+    make_fake_run(root, dataset="nyc", run_name="a")
+    make_fake_run(root, dataset="tky", run_name="b")
+    output = tmp_path / "r.html"
+    assert cli.main(["report", "--output-root", str(root), "--dataset", "tky", "--output", str(output)]) == 0
+    assert "Report of 1 runs of tky -> " in capsys.readouterr().out
+    text = output.read_text()
+    assert "nextpoi report: tky (profile test-cpu)" in text and "nextpoi report: nyc" not in text
+    assert cli.main(["report", "--output-root", str(root), "--dataset", "sf", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "no complete runs of dataset 'sf'" in err and "datasets with runs: nyc, tky" in err

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,70 @@ def test_feature_sets_build_the_declared_input_width():
     category = torch.tensor([[0, 2, -1]])
     encoded = model.encoder(torch.zeros(1, 3, 8), category, torch.zeros(1, 3, 5))
     assert encoded.shape == (1, 3, 45) and (encoded[0, 2, 8:40] == 0).all()  # unknown category -> zero row
+
+
+def test_identity_and_numeric_inputs_in_the_encoder():
+    """poi_identity and venue_type add identity_dim each; rows come from each model's own vocabulary."""
+    from nextpoi_lib.features.identity import Vocabulary
+
+    vocabularies = {name: Vocabulary(remap=np.array([2, 1, 3, 1, 1, 0]), codes=np.array([0, 2]))
+                    for name in ("poi_identity", "venue_type")}
+    config = ModelConfig(name="gru", hidden_dim=16, num_layers=1, identity_dim=4)
+    model = build_model(config, ["category", "poi_identity", "venue_type"], 0, 3, 6, 2, vocabularies).eval()
+    assert model.encoder.output_dim == 32 + 4 + 4 + 2
+    codes = torch.tensor([[0, 1, 2, 4, 5]])  # a seen code, an unseen one, a seen one, unknown, padding
+    encoded = model.encoder(torch.zeros(1, 5, 0), torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, 2),
+                            {"poi_identity": codes, "venue_type": codes})
+    table = model.encoder.identity["poi_identity"].table.weight
+    torch.testing.assert_close(encoded[0, :, 32:36], table[[2, 1, 3, 1, 0]])
+    assert (encoded[0, 4, 32:40] == 0).all() and (encoded[0, :, 40:] == 1).all()
+
+
+def identity_windows(n_users: int = 45, per_user: int = 12, n_pois: int = 24, length: int = 3, seed: int = 0):
+    """Windows whose next category is a fixed function of the last POI's identity, while every visit's category
+    and coordinates are random: only the POI's identity tells the class."""
+    from nextpoi_lib.windows import WindowSet
+
+    rng = np.random.default_rng(seed)
+    n, classes = n_users * per_user, 4
+    poi_class = rng.permutation(np.arange(n_pois) % classes)
+    poi = rng.integers(0, n_pois, (n, length))
+    mask = np.ones((n, length), bool)
+    zeros = np.zeros((n, length), np.float32)
+    return WindowSet(
+        poi_index=poi.astype(np.int64), mask=mask, category_index=rng.integers(0, classes, (n, length)),
+        hour=zeros, weekday=zeros.astype(np.int64), gap_hours=zeros, latitude=rng.random((n, length)).astype(
+            np.float32), longitude=rng.random((n, length)).astype(np.float32),
+        target=poi_class[poi[:, -1]].astype(np.int64), target_hour=np.zeros(n, np.float32),
+        target_weekday=np.zeros(n, np.int64), users=np.repeat([f"u{u:03d}" for u in range(n_users)], per_user),
+        classes=[f"c{i}" for i in range(classes)], embedding_table=np.zeros((n_pois, 0), np.float32))
+
+
+def test_a_gru_learns_the_next_category_from_poi_identity():
+    import warnings
+
+    from sklearn.metrics import f1_score
+
+    from nextpoi_lib.config import FoldConfig
+    from nextpoi_lib.experiment import load_config
+    from nextpoi_lib.folds import make_fold_manifest
+    from nextpoi_lib.training import cross_validate
+
+    windows = identity_windows()
+    manifest = make_fold_manifest(windows.users, windows.target, FoldConfig(n_splits=3), "identity")
+    scores = {}
+    for features in (["category", "coordinates"], ["category", "coordinates", "poi_identity"]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = load_config({
+                "windows": {"length": 3, "features": features}, "folds": {"n_splits": 3},
+                "model": {"name": "gru", "hidden_dim": 16, "num_layers": 1, "dropout": 0.0, "identity_dim": 8,
+                          "identity_min_count": 1},
+                "scheduler": {"name": "constant"}, "optimizer": {"learning_rate": 0.02, "weight_decay": 0.0},
+                "training": {"epochs": 15, "batch_size": 64, "seeds": [0], "progress": False, "device": "cpu",
+                             "fold_workers": 1}})
+        result = cross_validate(config, windows, manifest)
+        scores[features[-1]] = np.mean([f1_score(r.test_target, r.predictions["selected"], average="macro")
+                                        for r in result.fold_results])
+    assert scores["coordinates"] < 0.4  # about chance (4 classes): nothing but the POI tells the class
+    assert scores["poi_identity"] > 0.9

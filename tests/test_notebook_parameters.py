@@ -16,7 +16,7 @@ from notebook_support import REPO, SMOKE, notebook_defaults, quiet_load, smoke_s
 
 # Every experiment file (reference baselines in parameters/baselines/ included), not the profiles.
 # Layers that complete another file (profiles, class maps) are no experiment files of their own.
-PARAMETER_FILES = sorted(p for p in (REPO / "parameters").rglob("*.yaml") if not {"profiles", "classes"} & set(p.parts))
+PARAMETER_FILES = sorted(p for p in (REPO / "parameters").rglob("*.yaml") if not {"profiles", "classes", "folds"} & set(p.parts))
 
 
 def resolve_like_papermill(injected: dict):

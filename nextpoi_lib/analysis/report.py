@@ -36,11 +36,13 @@ def _fmt(value, spec: str = ".4f") -> str:
 
 
 COLLAPSED = "⚠ collapsed: "
+LEAKY = "⚠ " + tables.LEAKY_FLAG
 
 
 def leaderboard_html(table: pd.DataFrame) -> str:
     """The leaderboard as an HTML table (class `leaderboard`, one body row per run). A run whose predictions
-    collapsed (the table's `flag`) gets the row class `collapsed` and "⚠ collapsed: <reason>" in its note."""
+    collapsed (the table's `collapsed`) gets the row class `collapsed` and "⚠ collapsed: <reason>" in its note;
+    one whose POI embeddings saw the test users' transitions (`leaky`) the row class `leaky` and `LEAKY`."""
     head = ["run", "model", "kind", "n", "macro-F1", "accuracy", "macro-F1 (classes ≥50)",
             "Δ macro-F1", "Δ accuracy", "Δ baseline", "Δ best reference", "pairs", "Wilcoxon p", "note"]
     out = ['<table class="leaderboard">', "<thead><tr>"]
@@ -58,12 +60,15 @@ def leaderboard_html(table: pd.DataFrame) -> str:
             "–" if pd.isna(row.n_pairs) else str(int(row.n_pairs)),
             _fmt(row.p_wilcoxon, ".3g"),
         ]
-        flag = getattr(row, "flag", "") or ""
+        collapsed = getattr(row, "collapsed", "") or ""
+        leaky = bool(getattr(row, "leaky", False))
         note = row.note if isinstance(row.note, str) else ""
-        if flag:
-            note = COLLAPSED + flag + (f" ({note})" if note else "")
+        flags = ([COLLAPSED + collapsed] if collapsed else []) + ([LEAKY] if leaky else [])
+        if flags:
+            note = "; ".join(flags) + (f" ({note})" if note else "")
         cells.append(note)
-        classes = (["reference"] if row.is_reference else []) + (["collapsed"] if flag else [])
+        classes = ((["reference"] if row.is_reference else []) + (["collapsed"] if collapsed else [])
+                   + (["leaky"] if leaky else []))
         cls = f' class="{" ".join(classes)}"' if classes else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c if c is not None else '–'))}</td>" for c in cells)
                    + "</tr>")
@@ -115,6 +120,7 @@ table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } tr.reference td { background: #eef5ff; }
 tr.collapsed td { background: #fff3e0; } tr.collapsed td:last-child { color: #a04000; font-weight: bold; }
+tr.leaky td { background: #fdecea; } tr.leaky td:last-child { color: #a01010; font-weight: bold; }
 .note { color: #555; font-size: .9em; } .figure { margin: .8em 0 1.5em 0; }
 """
 
@@ -172,19 +178,23 @@ def write_report(run_paths, output_path, title: str = "nextpoi analysis report",
         parts.append(f"<p>{html.escape(profile_note)}</p>")
     parts.append(f"<p>Profiles in the runs' manifests: <b>{html.escape(', '.join(profiles))}</b>; devices: "
                  f"<b>{html.escape(', '.join(devices))}</b>.</p>")
+    # The leaderboard refuses runs with different class lists, so every run here predicts these classes.
+    parts.append(f'<p class="classes">Every run predicts the same {len(runs[0].classes)} classes: '
+                 f"<b>{html.escape(', '.join(runs[0].classes))}</b>.</p>")
     parts.append(_runs_html(runs))
 
     parts.append("<h2>Leaderboard</h2>")
     parts.append(
         f'<p class="note">Selection: {html.escape(selection)} epoch. Mean ± std (ddof=1) over fold × seed; '
         f"Δ against the reference run <b>{html.escape(table.attrs['reference'])}</b>; Wilcoxon: two-sided "
-        "signed-rank test over matched (seed, fold) pairs. Δ baseline: macro-F1 minus the run named "
+        "signed-rank test over the folds, pairs = folds. " + html.escape(tables.PAIRING_RULE)
+        + " Δ baseline: macro-F1 minus the run named "
         f"<b>{html.escape(str(table.attrs.get('baseline') or 'baseline (none here)'))}</b>; Δ best reference: macro-F1 "
         "minus the best reference method (kind <i>baseline</i>: majority, last category, Markov, boosted trees) "
         f"<b>{html.escape(str(table.attrs.get('best_reference') or '(none here)'))}</b>, the floor a model has to "
         "beat.</p>"
     )
-    collapsed = table[table["flag"].astype(bool)] if "flag" in table else table.iloc[0:0]
+    collapsed = table[table["collapsed"].astype(bool)] if "collapsed" in table else table.iloc[0:0]
     if len(collapsed):
         parts.append(
             f'<p class="note"><b>{html.escape(COLLAPSED.strip())}</b> {len(collapsed)} run(s) — '
@@ -194,7 +204,18 @@ def write_report(run_paths, output_path, title: str = "nextpoi analysis report",
             "than the class frequencies under these settings, which is why its macro-F1 is near zero — the "
             "workbench did not fail.</p>"
         )
+    leaky = table[table["leaky"].astype(bool)] if "leaky" in table else table.iloc[0:0]
+    if len(leaky):
+        parts.append(
+            f'<p class="note"><b>{html.escape(LEAKY)}</b>: {len(leaky)} run(s) — '
+            + html.escape(", ".join(leaky["run"].astype(str)))
+            + " — use POI embeddings trained on every user's visit transitions (embeddings.source: "
+            "transition_graph_all_users), so the next visit of a test window leaks into its last visit's vector. "
+            "Their scores are inflated and are not comparable with the other runs.</p>"
+        )
     for note in table.attrs.get("notes", []):
+        if note == table.attrs.get("pairing"):
+            continue  # the pairing rule is stated in the paragraph above
         parts.append(f'<p class="note"><b>Note:</b> {html.escape(note)}</p>')
     parts.append(leaderboard_html(table))
     parts.append(_figure_div(figures.leaderboard_figure(table), "fig-leaderboard"))
@@ -214,6 +235,31 @@ def write_report(run_paths, output_path, title: str = "nextpoi analysis report",
 
     parts.append("<h2>Attention</h2>")
     parts.append(_figure_div(figures.attention_figure(runs), "fig-attention"))
+
+    # Tuning studies (`nextpoi tune`) stored beside these runs: <dataset>/.tuning/<study>.db.
+    if any((Path(path).parent / ".tuning").glob("*.db") for path in run_paths):
+        from ..tuning import discover_studies, study_figures, study_summary
+
+        parts.append("<h2>Tuning studies</h2>")
+        parts.append('<p class="note">Optuna studies of <code>nextpoi tune</code>: every trial is scored on the '
+                     "inner-validation users of the folds named (never a test fold); nested studies (one per outer "
+                     "fold) are named <i>&lt;study&gt;.nested-fold&lt;k&gt;</i>.</p>")
+        studies = sorted({study for path in run_paths for study in discover_studies(Path(path).parent)})
+        for i, (storage, name) in enumerate(studies):
+            summary = study_summary(storage, name)
+            objective = summary["objective"]
+            best = ("no complete trial" if summary["best_value"] is None else
+                    f"best {summary['best_value']:.4f} (trial {summary['best_trial']}): "
+                    + ", ".join(f"{k}={v!r}" for k, v in summary["best_params"].items()))
+            parts.append(f"<h3>{html.escape(name)}</h3><p>{summary['trials']} trials ("
+                         + html.escape(", ".join(f"{n} {s}" for s, n in sorted(summary["states"].items())))
+                         + f"); {html.escape(best)}. Objective: {html.escape(str(objective.get('metric', '–')))}, "
+                         f"folds {html.escape(str(objective.get('folds', '–')))}, seeds "
+                         f"{html.escape(str(objective.get('seeds', '–')))}; stored in "
+                         f"{html.escape(str(storage))}.</p>")
+            if summary["trials"]:
+                for key, figure in study_figures(storage, name).items():
+                    parts.append(_figure_div(figure, f"fig-study-{i}-{key}"))
     parts.append("</body></html>")
 
     _write_atomically("\n".join(parts), output_path)

@@ -9,9 +9,13 @@ returns a pandas table (or a small dataclass of tables); nothing here draws (tha
 come from the run folder as written.
 
 Aggregates are over fold × seed pairs: mean and standard deviation (ddof=1), `n` the number of pairs.
-Paired comparisons match (seed, fold) pairs and use a two-sided Wilcoxon signed-rank test; with `n`
-non-zero differences the smallest attainable p is 2/2^n, so with 5 pairs or fewer no difference can
-reach p < 0.05, and the leaderboard says so rather than let a reader read too much into the p column.
+Paired comparisons pair FOLD MEANS (`PAIRING_RULE`): each run's metric is averaged over its seeds within a
+fold, and the folds present in both runs are paired, for every pair of runs. The folds are the independent
+units (the test users differ); seeds of one fold share those users, so pairing fold × seed rows would
+count each fold several times and make p too small. The test is a two-sided Wilcoxon signed-rank test;
+with `n` non-zero differences the smallest attainable p is 2/2^n (`min_attainable_p`), so with 5 folds
+no difference can reach p < 0.05 (0.0625 at best), and the leaderboard says so rather than let a reader
+read too much into the p column.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ __all__ = [
     "attention_table",
     "min_attainable_p",
     "seed_dependent",
+    "leaky_embeddings",
+    "PAIRING_RULE",
+    "LEAKY_FLAG",
 ]
 
 METRICS = ("macro_f1", "accuracy", "macro_f1_min50")
@@ -165,15 +172,29 @@ def seed_dependent(run: Run) -> bool:
     return bool(run.manifest.get("seed_dependent", run.kind != "baseline"))
 
 
+PAIRING_RULE = (
+    "Paired tests pair fold means: each run's metric is averaged over its seeds within a fold, then the folds "
+    "both runs have are paired (one pair per fold, for every pair of runs). Seeds of a fold share its test "
+    "users, so they are not independent replicates. With n folds the smallest attainable two-sided p of the "
+    "exact Wilcoxon signed-rank test is 2/2^n: 0.0625 with 5 folds, so no difference can reach p < 0.05 there."
+)
+
+
+def _fold_means(run: Run, selection: str, metric: str) -> pd.Series:
+    """The run's metric per fold, averaged over its seeds (rows without a value left out)."""
+    rows = _rows(run, selection)[["fold", metric]].dropna()
+    return rows.groupby("fold")[metric].mean()
+
+
 def _paired(run: Run, ref: Run, selection: str, metric: str):
-    a = _rows(run, selection)[["seed", "fold", metric]]
-    b = _rows(ref, selection)[["seed", "fold", metric]]
-    merged = a.merge(b, on=["seed", "fold"], suffixes=("_run", "_ref")).dropna().sort_values(["seed", "fold"])
-    if not (seed_dependent(run) and seed_dependent(ref)):
-        # A run that draws no random numbers repeats the same folds under every seed: counting the copies as
-        # separate pairs would fake a larger n. Average the other run over its seeds and pair each fold once.
-        merged = merged.groupby("fold", as_index=False)[[f"{metric}_run", f"{metric}_ref"]].mean()
-    return merged[f"{metric}_run"].to_numpy(float), merged[f"{metric}_ref"].to_numpy(float)
+    """Fold means of the run and the reference over the folds both have, in fold order (`PAIRING_RULE`)."""
+    merged = pd.concat([_fold_means(run, selection, metric).rename("run"),
+                        _fold_means(ref, selection, metric).rename("ref")], axis=1, join="inner").sort_index()
+    return merged["run"].to_numpy(float), merged["ref"].to_numpy(float)
+
+
+def _seeds(run: Run, selection: str) -> list[int]:
+    return sorted(int(seed) for seed in _rows(run, selection)["seed"].dropna().unique())
 
 
 def _paired_test(row: dict, notes: list[str], run: Run, ref: Run, selection: str, metric: str) -> None:
@@ -184,18 +205,24 @@ def _paired_test(row: dict, notes: list[str], run: Run, ref: Run, selection: str
         notes.append("fold manifest differs from the reference's: paired test refused")
         return
     x, y = _paired(run, ref, selection, metric)
-    n_all = max(len(_rows(run, selection)), len(_rows(ref, selection)))
+    n_folds = max(len(_fold_means(run, selection, metric)), len(_fold_means(ref, selection, metric)))
     row["n_pairs"] = len(x)
     if len(x) == 0:
-        notes.append("no matching (seed, fold) pairs with the reference: paired test refused")
+        notes.append("no fold in common with the reference: paired test refused")
         return
+    seeds, ref_seeds = _seeds(run, selection), _seeds(ref, selection)
     if not seed_dependent(run) and not seed_dependent(ref):
         notes.append(f"both runs ignore the seed: {len(x)} folds paired once each")
     elif not (seed_dependent(run) and seed_dependent(ref)):
         notes.append(f"one run ignores the seed: {len(x)} folds paired once each, the other "
                      f"run averaged over its seeds")
-    elif len(x) < n_all:
-        notes.append(f"only {len(x)} of {n_all} (seed, fold) pairs match the reference")
+    else:
+        notes.append(f"{len(x)} fold means paired (each run averaged over its seeds in a fold)")
+        if seeds != ref_seeds:
+            notes.append(f"seeds differ ({', '.join(map(str, seeds))} vs the reference's "
+                         f"{', '.join(map(str, ref_seeds))}): each fold mean is over the run's own seeds")
+    if len(x) < n_folds:
+        notes.append(f"only {len(x)} of {n_folds} folds match the reference")
     diff = x - y
     n_nonzero = int(np.count_nonzero(diff))
     if n_nonzero == 0:
@@ -207,7 +234,7 @@ def _paired_test(row: dict, notes: list[str], run: Run, ref: Run, selection: str
     p_min = min_attainable_p(n_nonzero)
     if p_min > ALPHA:
         notes.append(
-            f"n={n_nonzero} pairs too small: smallest attainable p is "
+            f"n={n_nonzero} fold pairs too small: smallest attainable p is "
             f"2/2^{n_nonzero} = {p_min:.3g} > {ALPHA}, no difference can be significant"
         )
 
@@ -215,8 +242,12 @@ def _paired_test(row: dict, notes: list[str], run: Run, ref: Run, selection: str
 LEADERBOARD_COLUMNS = [
     "run", "model", "kind", "profile", "n", "macro_f1_mean", "macro_f1_std", "accuracy_mean", "accuracy_std",
     "macro_f1_min50_mean", "delta_macro_f1", "delta_accuracy", "delta_to_baseline", "delta_to_best_reference",
-    "n_pairs", "p_wilcoxon", "is_reference", "note", "flag",
+    "n_pairs", "p_wilcoxon", "is_reference", "note", "flag", "collapsed", "leaky",
 ]
+# The embeddings source that trains POI vectors on every user's visit transitions, the test users' included:
+# the next visit leaks into the last visit's vector (domain brief: about 29 points of inflation).
+LEAKY_EMBEDDINGS_SOURCE = "transition_graph_all_users"
+LEAKY_FLAG = "leaky: POI embeddings trained on all users' transitions, including the test users'"
 # The kind of the reference methods (majority, last category, Markov, boosted trees): the floor to beat.
 REFERENCE_KIND = "baseline"
 
@@ -226,19 +257,35 @@ def _macro_f1_mean(run: Run, selection: str) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
+def leaky_embeddings(run: Run) -> bool:
+    """Whether the run's POI embeddings saw the test users' transitions: its manifest says
+    `embeddings.leaky: true`, or its resolved config (the manifest's `config`, else config.yaml) has
+    `embeddings.source: transition_graph_all_users`."""
+    stated = run.manifest.get("embeddings")
+    if isinstance(stated, dict) and stated.get("leaky") is True:
+        return True
+    for config in (run.manifest.get("config"), run.config):
+        embeddings = config.get("embeddings") if isinstance(config, dict) else None
+        if isinstance(embeddings, dict) and embeddings.get("source") == LEAKY_EMBEDDINGS_SOURCE:
+            return True
+    return False
+
+
 def leaderboard(runs, reference=None, selection: str = "selected", metric: str = "macro_f1") -> pd.DataFrame:
     """One row per run, best macro-F1 first.
 
     Columns: run, model, kind, profile, n, macro_f1_mean/std, accuracy_mean/std, macro_f1_min50_mean,
     delta_macro_f1 and delta_accuracy (mean minus the reference's mean), delta_to_baseline (macro-F1 mean
     minus that of the run named "baseline"; NaN without one), delta_to_best_reference (macro-F1 mean minus
-    the best run of kind "baseline", the reference methods; NaN without one), n_pairs (matched (seed, fold)
-    pairs), p_wilcoxon (two-sided, on `metric` over the matched pairs), is_reference, note, flag (empty, or
-    the reason the run's selected-epoch predictions collapsed: `Run.collapse`).
+    the best run of kind "baseline", the reference methods; NaN without one), n_pairs (paired folds),
+    p_wilcoxon (two-sided, on `metric` over the folds' means over seeds: `PAIRING_RULE`), is_reference, note,
+    flag (empty, or "; "-joined labels: "collapsed: <why>" when the run's selected-epoch predictions collapsed,
+    `Run.collapse`, and `LEAKY_FLAG` when its POI embeddings saw the test users' transitions), collapsed (the
+    collapse reason, or empty) and leaky (bool, `leaky_embeddings`).
     `kind` is the run kind under today's names (an old folder's "hybrid" reads "blended").
     `reference` is a run name, label, index or path; default the run named "baseline", else the first.
-    The table's `attrs` carry `reference`, `selection`, `metric`, the comparability `notes`, `baseline`
-    and `best_reference` (labels, or None).
+    The table's `attrs` carry `reference`, `selection`, `metric`, the `notes` (comparability, then the
+    pairing rule), `pairing` (`PAIRING_RULE`), `baseline` and `best_reference` (labels, or None).
     """
     runs = load_runs(runs)
     comparability = check_comparable(runs)
@@ -281,14 +328,18 @@ def leaderboard(runs, reference=None, selection: str = "selected", metric: str =
             _paired_test(row, notes, run, ref, selection, metric)
         row["note"] = "; ".join(notes)
         collapsed = run.collapse
-        row["flag"] = str(collapsed.get("reason") or "collapsed") if collapsed.get("flagged") else ""
+        row["collapsed"] = str(collapsed.get("reason") or "collapsed") if collapsed.get("flagged") else ""
+        row["leaky"] = leaky_embeddings(run)
+        row["flag"] = "; ".join(([f"collapsed: {row['collapsed']}"] if row["collapsed"] else [])
+                                + ([LEAKY_FLAG] if row["leaky"] else []))
         rows.append(row)
     table = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     table = table.sort_values("macro_f1_mean", ascending=False, kind="stable", na_position="last")
     table = table.reset_index(drop=True)
     table["n_pairs"] = table["n_pairs"].astype("Int64")
     table.attrs.update(
-        reference=ref.label, selection=selection, metric=metric, notes=list(comparability.notes),
+        reference=ref.label, selection=selection, metric=metric,
+        notes=list(comparability.notes) + ([PAIRING_RULE] if len(runs) > 1 else []), pairing=PAIRING_RULE,
         paired=comparability.paired,
         baseline=named_baseline.label if named_baseline is not None else None,
         best_reference=best_reference.label if best_reference is not None else None,

@@ -17,7 +17,7 @@ import numpy as np
 from ..blend import FittedFold, fold_predictions
 from ..config import ExperimentConfig
 from ..folds import Fold, FoldManifest
-from ..progress import Progress
+from ..progress import Progress, progress_step
 from ..results import CrossValidationResult, FoldResult
 from ..trees import LOG_PROBABILITY_FLOOR, GradientBoostedTrees
 from ..windows import WindowSet
@@ -66,7 +66,12 @@ def cross_validate_fitted(config: ExperimentConfig, windows: WindowSet, fold_man
     same folds and seeds) each fold's log-probabilities are blended with the head's (weight chosen on the inner
     validation users, `blend.fold_predictions`), and the fold takes the head's curves and selected epoch."""
     neural_results = {} if neural_run is None else {(r.seed, r.fold): r for r in neural_run.fold_results}
-    draws_random_numbers = bool(getattr(make_model(config.training.seeds[0]), "draws_random_numbers", False))
+    probe = make_model(config.training.seeds[0])
+    draws_random_numbers = bool(getattr(probe, "draws_random_numbers", False))
+    # Live progress bars: one step per (seed, fold); stage "trees" for the boosted trees, "fit" for the baselines.
+    stage = "trees" if isinstance(probe, GradientBoostedTrees) else "fit"
+    fits = len(config.training.seeds) * len(fold_manifest.folds)
+    progress_step(progress, stage, 0, fits, f"{fits} (seed, fold) fits")
     want_log_probabilities = config.training.bias_calibration or neural_run is not None
     results, fitted, blend_weights = [], {}, []
     for seed in config.training.seeds:
@@ -94,6 +99,8 @@ def cross_validate_fitted(config: ExperimentConfig, windows: WindowSet, fold_man
                 blend = f" (neural weight {weight:.1f})"
             progress(f"[seed {seed} fold {fold.fold + 1}/{len(fold_manifest.folds)}] {config.model.name}: test accuracy "
                      f"{(predictions['selected'] == target).mean():.4f}{blend}")
+            progress_step(progress, stage, len(results), fits,
+                          f"seed {seed} fold {fold.fold + 1}/{len(fold_manifest.folds)}")
     if neural_run is None:
         return CrossValidationResult(fold_results=results, device="cpu", device_name="cpu")
     extra = {**neural_run.extra, "blend": {"head": blend_head, "weights": blend_weights}}

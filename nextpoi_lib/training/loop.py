@@ -24,7 +24,8 @@ from ..config import ExperimentConfig
 from ..devices import autocast_dtype, fused_adamw
 from ..errors import UserError
 from ..folds import Fold
-from ..heads import MODEL_REGISTRY, build_model
+from ..features.identity import IDENTITY_FEATURES, fold_vocabularies
+from ..heads import MODEL_REGISTRY, build_model, parameter_groups
 from ..losses import build_loss
 from ..metrics import confusion_counts, fit_bias_offsets, macro_f1_from_confusion
 from ..progress import Progress
@@ -52,6 +53,16 @@ def make_optimizer(config: ExperimentConfig, parameters, device: torch.device) -
                              fused=fused_adamw(device))
 
 
+def forward_batch(model, batch: dict[str, torch.Tensor], return_attention: bool = False):
+    """The model's output on a batch of `WindowTensors.batch`; identity codes go along only when the feature set
+    has them (so every other model is called exactly as before)."""
+    identity = {name: batch[name] for name in IDENTITY_FEATURES if name in batch}
+    extra = {"identity": identity} if identity else {}
+    if return_attention:
+        extra["return_attention"] = True
+    return model(batch["embedded"], batch["category"], batch["numeric"], batch["mask"], **extra)
+
+
 def evaluate(model, data: WindowTensors, index: torch.Tensor, criterion, num_classes: int, batch_size: int,
              autocast: bool, return_attention: bool = False, keep_log_probabilities: bool = True):
     """Logits-derived statistics over `index` without gradients: loss sum, confusion, log-probabilities.
@@ -65,8 +76,7 @@ def evaluate(model, data: WindowTensors, index: torch.Tensor, criterion, num_cla
     with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=autocast):
         for start in range(0, len(index), batch_size):
             batch = data.batch(index[start:start + batch_size])
-            output = model(batch["embedded"], batch["category"], batch["numeric"], batch["mask"],
-                           return_attention=return_attention)
+            output = forward_batch(model, batch, return_attention)
             logits, weights = output if return_attention else (output, None)
             logits = logits.float()
             loss_sum += criterion(logits, batch["target"]) * len(batch["target"])
@@ -189,11 +199,14 @@ def fit_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, 
     # --- set up
     torch.manual_seed(seed * 1009 + fold.fold)
     generator = torch.Generator(device=data.storage_device).manual_seed(seed * 1009 + fold.fold)
+    # Identity vocabularies (if the feature set has them) from this fold's training windows only.
+    vocabularies = fold_vocabularies(windows, config.windows.features, fold.train_index,
+                                     config.model.identity_min_count)
     model = build_model(config.model, config.windows.features, data.embedding_dim, num_classes, windows.length,
-                        data.numeric_dim).to(device)
+                        data.numeric_dim, vocabularies, data.table).to(device)
     train_targets = windows.target[fold.train_index]
     criterion = build_loss(config.loss, train_targets, num_classes).to(device)
-    optimizer = make_optimizer(config, model.parameters(), device)
+    optimizer = make_optimizer(config, parameter_groups(config.model, model), device)
     steps_per_epoch = math.ceil(len(fold.train_index) / training.batch_size)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     train_index = torch.from_numpy(fold.train_index).to(data.storage_device)
@@ -214,7 +227,7 @@ def fit_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, 
         for start in range(0, len(order), training.batch_size):
             batch = data.batch(order[start:start + training.batch_size])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(batch["embedded"], batch["category"], batch["numeric"], batch["mask"])
+                logits = forward_batch(model, batch)
             loss = criterion(logits.float(), batch["target"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

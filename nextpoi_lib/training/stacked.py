@@ -4,10 +4,14 @@ Their parameters are stacked in one [K, P] tensor, with one batched forward/back
 and one AdamW update for all folds. On a GPU a step of these tiny models is launch-bound, so K folds cost
 about one. Each fold is still trained with the same function as `loop.train_fold` (same seeding, criterion,
 batch order, schedule, selection); tests/training/test_equivalence.py checks it with dropout switched off.
+Identity tables (`windows.features` poi_identity / venue_type) have one vocabulary per fold: each fold's table
+is zero-padded to the largest fold's rows (rows it never reads) and its code -> row map is passed as a
+per-fold buffer; tests/features/test_identity.py checks that this trains the same function as `train_fold`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -18,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ExperimentConfig
 from ..devices import pin_host_memory
+from ..features.identity import fold_vocabularies
 from ..folds import Fold
 from ..heads import build_model
 from ..losses import build_loss
@@ -49,7 +54,22 @@ class ParameterLayout:
                 self.no_grad_slices.append(slice(start, start + module.embedding_dim))
 
     def flatten(self, model: torch.nn.Module) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        """The model's parameters as one row; a parameter smaller than the template's (a fold's identity table
+        over a smaller vocabulary) is padded with zero rows, which no input ever reads."""
+        pieces = []
+        for p, shape in zip(model.parameters(), self.shapes):
+            p = p.detach()
+            if tuple(p.shape) != shape:
+                padded = p.new_zeros(shape)
+                padded[:p.shape[0]] = p
+                p = padded
+            pieces.append(p.reshape(-1))
+        return torch.cat(pieces)
+
+    def identity_columns(self) -> torch.Tensor:
+        """[P] bool: the columns of identity tables (their own weight decay, `heads.parameter_groups`)."""
+        return torch.cat([torch.full((size,), ".identity." in f".{name}", dtype=torch.bool)
+                          for name, size in zip(self.names, self.sizes)])
 
     def unflatten(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: piece.view(shape) for name, piece, shape in zip(self.names, row.split(self.sizes), self.shapes)}
@@ -58,15 +78,16 @@ class ParameterLayout:
 class FoldView:
     """A callable with the module interface `evaluate` uses: `template` run with the weights in `row`."""
 
-    def __init__(self, template: torch.nn.Module, layout: ParameterLayout, row: torch.Tensor):
-        self.template, self.layout, self.row = template, layout, row
+    def __init__(self, template: torch.nn.Module, layout: ParameterLayout, row: torch.Tensor,
+                 buffers: dict[str, torch.Tensor] | None = None):
+        self.template, self.layout, self.row, self.buffers = template, layout, row, buffers or {}
 
     def eval(self):
         self.template.eval()
         return self
 
     def __call__(self, *args, **kwargs):
-        return functional_call(self.template, self.layout.unflatten(self.row), args, kwargs)
+        return functional_call(self.template, {**self.layout.unflatten(self.row), **self.buffers}, args, kwargs)
 
 
 class StackedAdamW:
@@ -80,11 +101,16 @@ class StackedAdamW:
 
     COLUMNS = 6  # decay, 1 - beta1, beta2, 1 - beta2, step size, sqrt(bias correction 2)
 
-    def __init__(self, flat: torch.Tensor, weight_decay: float, eps: float = 1e-8):
+    def __init__(self, flat: torch.Tensor, weight_decay: float, eps: float = 1e-8,
+                 second_group: tuple[torch.Tensor, float] | None = None):
+        """second_group: ([P] bool columns, their weight decay), as a second torch.optim.AdamW parameter group
+        (the identity tables'); its decay factor is one more coefficient column."""
         self.flat, self.weight_decay, self.eps = flat, weight_decay, eps
         self.exp_avg = torch.zeros_like(flat)
         self.exp_avg_sq = torch.zeros_like(flat)
         self.steps = [0] * flat.shape[0]
+        self.second_group = second_group
+        self.columns = self.COLUMNS + (1 if second_group is not None else 0)
 
     def coefficients(self, hyper: list[tuple[float, float, float] | None]) -> list[tuple[float, ...]]:
         """Coefficient rows for one step from each row's (lr, beta1, beta2), None for an inactive row; advances
@@ -92,7 +118,7 @@ class StackedAdamW:
         rows = []
         for k, values in enumerate(hyper):
             if values is None:
-                rows.append((1.0, 0.0, 1.0, 0.0, 0.0, 1.0))
+                rows.append((1.0, 0.0, 1.0, 0.0, 0.0, 1.0) + ((1.0,) if self.second_group is not None else ()))
                 continue
             lr, beta1, beta2 = values
             self.steps[k] += 1
@@ -100,14 +126,19 @@ class StackedAdamW:
             bias_correction1 = 1 - beta1 ** step
             bias_correction2 = 1 - beta2 ** step
             rows.append((1 - lr * self.weight_decay, 1 - beta1, beta2, 1 - beta2, lr / bias_correction1,
-                         bias_correction2 ** 0.5))
+                         bias_correction2 ** 0.5)
+                        + ((1 - lr * self.second_group[1],) if self.second_group is not None else ()))
         return rows
 
     @torch.no_grad()
     def step(self, coefficients: torch.Tensor) -> None:
-        """coefficients: [K, COLUMNS] on the device (one row of the epoch's table)."""
-        decay, weight1, beta2, weight2, step_size, bias_correction2_sqrt = coefficients.unsqueeze(-1).unbind(1)
+        """coefficients: [K, columns] on the device (one row of the epoch's table)."""
+        decay, weight1, beta2, weight2, step_size, bias_correction2_sqrt = (
+            coefficients[:, :self.COLUMNS].unsqueeze(-1).unbind(1))
         grad = self.flat.grad
+        if self.second_group is not None:
+            # Each column decays with its own group's factor (exactly the per-group scalar of torch's AdamW).
+            decay = torch.where(self.second_group[0], coefficients[:, self.COLUMNS:self.COLUMNS + 1], decay)
         self.flat.mul_(decay)
         self.exp_avg.lerp_(grad, weight1)
         self.exp_avg_sq.mul_(beta2).addcmul_(grad * weight2, grad)
@@ -115,22 +146,34 @@ class StackedAdamW:
         self.flat.addcdiv_(self.exp_avg * -step_size, denom)
 
 
-def make_stacked_forward(template: torch.nn.Module, layout: ParameterLayout):
-    """(flat [K, P], embedded, category, numeric, mask each [K, B, ...]) -> logits [K, B, C]: fold k's batch
-    through `template` with the weights of row k. Dropout masks differ between folds."""
+def make_stacked_forward(template: torch.nn.Module, layout: ParameterLayout,
+                         buffers: dict[str, torch.Tensor] | None = None):
+    """(flat [K, P], embedded, category, numeric, mask each [K, B, ...], identity {name: [K, B, L]} or None)
+    -> logits [K, B, C]: fold k's batch through `template` with the weights of row k and the buffers of row k
+    of `buffers` ({name: [K, ...]}: each fold's identity vocabulary). Dropout masks differ between folds."""
 
     def one_fold_forward(row, embedded, category, numeric, mask):
         return functional_call(template, layout.unflatten(row), (embedded, category, numeric, mask))
 
-    batched = vmap(one_fold_forward, randomness="different")
+    def one_fold_forward_with_identity(row, fold_buffers, embedded, category, numeric, mask, identity):
+        return functional_call(template, {**layout.unflatten(row), **fold_buffers},
+                               (embedded, category, numeric, mask), {"identity": identity})
 
-    def forward(flat, embedded, category, numeric, mask):
+    batched = vmap(one_fold_forward, randomness="different")
+    batched_with_identity = vmap(one_fold_forward_with_identity, randomness="different")
+
+    def run(flat, embedded, category, numeric, mask, identity):
+        if identity:
+            return batched_with_identity(flat, buffers, embedded, category, numeric, mask, identity)
+        return batched(flat, embedded, category, numeric, mask)
+
+    def forward(flat, embedded, category, numeric, mask, identity=None):
         if embedded.device.type != "cpu":
-            return batched(flat, embedded, category, numeric, mask)
+            return run(flat, embedded, category, numeric, mask, identity)
         # CPU's fused attention kernel has no vmap batching rule (vmap would loop over the folds); the math
         # kernel, which it decomposes into, has.
         with sdpa_kernel(SDPBackend.MATH):
-            return batched(flat, embedded, category, numeric, mask)
+            return run(flat, embedded, category, numeric, mask, identity)
 
     return forward
 
@@ -170,11 +213,13 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
     batch_size, K = training.batch_size, len(folds)
 
     # --- set up: the same initial weights, criteria, generators and schedules as K calls of train_fold
-    models, criteria, generators, schedules = [], [], [], []
+    models, criteria, generators, schedules, vocabularies = [], [], [], [], []
     for fold in folds:
         torch.manual_seed(seed * 1009 + fold.fold)
+        vocabularies.append(fold_vocabularies(windows, config.windows.features, fold.train_index,
+                                              config.model.identity_min_count))
         models.append(build_model(config.model, config.windows.features, data.embedding_dim, num_classes,
-                                  windows.length, data.numeric_dim).to(device))
+                                  windows.length, data.numeric_dim, vocabularies[-1], data.table).to(device))
         criteria.append(build_loss(config.loss, windows.target[fold.train_index], num_classes).to(device))
         generators.append(torch.Generator(device=data.storage_device).manual_seed(seed * 1009 + fold.fold))
         # The learning rates come from the very scheduler train_fold uses, stepped on a stand-in optimiser.
@@ -182,16 +227,32 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
                                      weight_decay=config.optimizer.weight_decay)
         schedules.append((stand_in, make_scheduler(config, stand_in,
                                                    math.ceil(len(fold.train_index) / batch_size))))
-    template = models[0]
+    identity_names = list(vocabularies[0])
+    buffers = {f"encoder.identity.{name}.remap": torch.stack([m.encoder.identity[name].remap for m in models])
+               for name in identity_names}
+    # The folds' vocabularies differ in size: the template's tables get the largest fold's rows, and each fold's
+    # table is padded with zero rows it never reads (its remap points into its own rows only).
+    template = copy.deepcopy(models[0]) if identity_names else models[0]
+    for name in identity_names:
+        table = template.encoder.identity[name].table
+        template.encoder.identity[name].table = torch.nn.Embedding(
+            max(v[name].rows for v in vocabularies), table.embedding_dim, padding_idx=table.padding_idx,
+            device=device)
     layout = ParameterLayout(template)
     flat = torch.stack([layout.flatten(m) for m in models]).requires_grad_(True)
     del models
-    optimizer = StackedAdamW(flat, config.optimizer.weight_decay, eps=schedules[0][0].defaults["eps"])
+    second_group = ((layout.identity_columns().to(device), config.model.identity_weight_decay)
+                    if identity_names else None)
+    optimizer = StackedAdamW(flat, config.optimizer.weight_decay, eps=schedules[0][0].defaults["eps"],
+                             second_group=second_group)
     batched_criterion = _stacked_criterion(criteria)
     # Dropout masks of all folds come from the global generator, seeded once per seed.
     torch.manual_seed(seed * 1009 + 997)
 
-    stacked_forward = make_stacked_forward(template, layout)
+    stacked_forward = make_stacked_forward(template, layout, buffers)
+
+    def fold_buffers(k: int) -> dict[str, torch.Tensor]:
+        return {name: stacked[k] for name, stacked in buffers.items()}
 
     train_sizes = [len(f.train_index) for f in folds]
     steps_per_fold = [math.ceil(n / batch_size) for n in train_sizes]
@@ -202,7 +263,7 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
 
     trackers = [EpochTracker(label, training.epochs, training.early_stopping_patience, progress) for label in labels]
     best_flat = flat.detach().clone()
-    views = [FoldView(template, layout, flat[k].detach()) for k in range(K)]
+    views = [FoldView(template, layout, flat[k].detach(), fold_buffers(k)) for k in range(K)]
     for epoch in range(1, training.epochs + 1):
         alive = [not tracker.stopped for tracker in trackers]
         # --- this epoch's batch orders (padded to [K, steps * batch_size]) and optimiser coefficients
@@ -233,7 +294,7 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
                 epoch_lr = [None if r is None else r[0] for r in rates]
             table.append([(*row, size) for row, size in zip(optimizer.coefficients(rates), row_sizes)])
             sizes.append(row_sizes)
-        table = torch.tensor(table, dtype=torch.float32)  # [steps, K, COLUMNS + 1 (batch size)]
+        table = torch.tensor(table, dtype=torch.float32)  # [steps, K, optimizer.columns + 1 (batch size)]
         table = (table.pin_memory() if pin_host_memory(device) else table).to(device, non_blocking=True)
 
         # --- train (no host synchronisation inside this loop)
@@ -244,7 +305,8 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
             batch = data.batch(orders[:, step * batch_size:(step + 1) * batch_size].reshape(-1))
             batch = {name: t.view(K, batch_size, *t.shape[1:]) for name, t in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = stacked_forward(flat, batch["embedded"], batch["category"], batch["numeric"], batch["mask"])
+                logits = stacked_forward(flat, batch["embedded"], batch["category"], batch["numeric"], batch["mask"],
+                                         {name: batch[name] for name in identity_names})
             logits = logits.float()
             if batched_criterion is not None and all(size == batch_size for size in row_sizes):
                 losses = batched_criterion(logits, batch["target"])
@@ -256,8 +318,8 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
             losses.sum().backward()
             for columns in layout.no_grad_slices:
                 flat.grad[:, columns] = 0.0
-            optimizer.step(table[step, :, :StackedAdamW.COLUMNS])
-            train_loss_sums += losses.detach() * table[step, :, StackedAdamW.COLUMNS]
+            optimizer.step(table[step, :, :optimizer.columns])
+            train_loss_sums += losses.detach() * table[step, :, optimizer.columns]
 
         # --- evaluate every fold still training on its inner validation users (one host sync for all)
         live = [k for k in range(K) if alive[k]]
@@ -291,7 +353,7 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
     for k, fold in enumerate(folds):
         predictions, attention, offsets, log_probabilities = predict_test_fold(
             config, data, windows, fold, criteria[k], autocast, views[k],
-            lambda k=k: FoldView(template, layout, best_flat[k]))
+            lambda k=k: FoldView(template, layout, best_flat[k], fold_buffers(k)))
         tracker = trackers[k]
         results.append(FoldResult(seed=seed, fold=fold.fold, curves=tracker.curves, selected_epoch=tracker.best_epoch,
                                   last_epoch=tracker.last_epoch, test_target=windows.target[fold.test_index],

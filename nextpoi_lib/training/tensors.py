@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
 from ..devices import pin_host_memory
+from ..features.identity import IDENTITY_FEATURES, identity_codes
 from ..features.sequence import numeric_features
 from ..windows import WindowSet
 
@@ -50,6 +51,14 @@ class WindowTensors:
             "mask": torch.from_numpy(windows.mask),
             "target": torch.from_numpy(windows.target),
         }
+        # Identity inputs travel as per-visit codes; each fold's model maps them to its own vocabulary's rows.
+        self.identity_names = [name for name in IDENTITY_FEATURES if name in config.windows.features]
+        for name in self.identity_names:
+            if name == "venue_type" and windows.subcategory_index is None:
+                raise ConfigError("windows.features lists 'venue_type', and these windows carry no finer category: "
+                                  "set dataset.subcategory_column (check-in tables), or remove 'venue_type' from "
+                                  "windows.features.")
+            host[name] = torch.from_numpy(identity_codes(windows, name)[0])
         self.table = torch.from_numpy(np.ascontiguousarray(table))
         needed = sum(t.numel() * t.element_size() for t in host.values()) + self.table.numel() * 4
         self.device = device
@@ -75,6 +84,20 @@ class WindowTensors:
             "mask": self.tensors["mask"][index],
             "target": self.tensors["target"][index],
         }
+        for name in self.identity_names:
+            out[name] = self.tensors[name][index]
         if self.storage_device != self.device:
             out = {name: t.to(self.device, non_blocking=True) for name, t in out.items()}
         return out
+
+    def use_embedding_table(self, table: np.ndarray) -> None:
+        """Gather from `table` from now on: a fold's own [P, D] POI table (embeddings.source transition_graph),
+        rows in the order of windows.embedding_table. Kept where the current table is; raises ValueError when
+        its shape differs (another POI order or dimension would silently mean other POIs)."""
+        if tuple(np.shape(table)) != tuple(self.table.shape):
+            raise ValueError(f"The fold's embedding table has shape {tuple(np.shape(table))}, but the windows "
+                             f"gather from a table of shape {tuple(self.table.shape)} (POIs x dimensions): build it "
+                             f"over the same POI rows and embeddings.dim.")
+        new = torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))
+        pin = self.storage_device.type == "cpu" and pin_host_memory(self.device)
+        self.table = new.pin_memory() if pin else new.to(self.storage_device)

@@ -12,6 +12,7 @@ import multiprocessing
 import queue as queue_module
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+import numpy as np
 import torch
 
 from ..config import ExperimentConfig
@@ -38,15 +39,19 @@ class _QueueProgress(Progress):
             self.messages.put(message)
 
 
-def _worker_start(config: ExperimentConfig, windows: WindowSet, threads: int, messages, enabled: bool) -> None:
+def _worker_start(config: ExperimentConfig, windows: WindowSet, threads: int, messages, enabled: bool,
+                  fold_tables: dict[int, np.ndarray] | None = None) -> None:
     torch.set_num_threads(threads)
     progress = _QueueProgress(enabled, messages)
-    _WORKER.update(config=config, windows=windows, progress=progress,
+    _WORKER.update(config=config, windows=windows, progress=progress, fold_tables=fold_tables,
                    data=WindowTensors(windows, config, torch.device("cpu"), log=progress))
 
 
 def _worker_train(seed: int, fold: Fold, label: str) -> FoldResult:
     w = _WORKER
+    if w["fold_tables"] is not None:
+        # One POI table per fold (embeddings.source transition_graph): this job gathers from its fold's.
+        w["data"].use_embedding_table(w["fold_tables"][fold.fold])
     return train_fold(w["config"], w["data"], w["windows"], fold, seed, w["progress"], label)
 
 
@@ -59,14 +64,16 @@ def _relay(messages, progress: Progress) -> None:
 
 
 def train_in_workers(config: ExperimentConfig, windows: WindowSet, jobs: list[tuple[int, Fold, str]],
-                     plan: ExecutionPlan, progress: Progress) -> list[FoldResult]:
-    """train_fold for every job in `plan.fold_workers` fresh processes ("spawn": safe in notebooks and threads)."""
+                     plan: ExecutionPlan, progress: Progress,
+                     fold_tables: dict[int, np.ndarray] | None = None) -> list[FoldResult]:
+    """train_fold for every job in `plan.fold_workers` fresh processes ("spawn": safe in notebooks and threads).
+    `fold_tables`: fold -> its own POI table (embeddings.source transition_graph), swapped in per job."""
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     results: dict[int, FoldResult] = {}
     with ProcessPoolExecutor(max_workers=plan.fold_workers, mp_context=context, initializer=_worker_start,
                              initargs=(config, windows, plan.threads_per_worker, messages,
-                                       getattr(progress, "enabled", True))) as pool:
+                                       getattr(progress, "enabled", True), fold_tables)) as pool:
         pending = {pool.submit(_worker_train, seed, fold, label): (position, label)
                    for position, (seed, fold, label) in enumerate(jobs)}
         try:

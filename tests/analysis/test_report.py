@@ -3,6 +3,7 @@ Chromium, rendered without errors with working plotly buttons."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -65,6 +66,12 @@ def test_report_contents(report, runs):
     for div in ("fig-leaderboard", "fig-per-class", "fig-confusion", "fig-curves-0", "fig-curves-2",
                 "fig-attention"):
         assert f'id="{div}"' in text
+    # The class list every run used, read from the run folders' manifests.
+    classes = {tuple(json.loads((r / "manifest.json").read_text())["classes"]) for r in runs}
+    assert len(classes) == 1
+    (class_list,) = classes
+    assert (f'<p class="classes">Every run predicts the same {len(class_list)} classes: '
+            f'<b>{", ".join(class_list)}</b>.</p>') in text
 
 
 def test_report_is_written_atomically_and_replaced(runs, tmp_path):
@@ -217,6 +224,37 @@ def test_report_explains_collapsed_runs(grid_runs, tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "⚠ collapsed:</b> 1 run(s) — A —" in text
     assert "best reference method" in text and "<b>markov</b>" in text
+    # The leaderboard section states the pairing rule once, in its explanatory paragraph.
+    section = text.split("<h2>Leaderboard</h2>", 1)[1].split("<h2>", 1)[0]
+    rule = "Paired tests pair fold means: each run&#x27;s metric is averaged over its seeds within a fold"
+    assert section.count(rule) == 1 and "0.0625 with 5 folds" in section
+    assert "matched (seed, fold) pairs" not in section
+
+
+def test_leaky_runs_are_labelled_in_the_leaderboard_and_the_report(tmp_path):
+    import json
+
+    from nextpoi_lib.analysis import tables
+
+    root = tmp_path / "outputs"
+    clean = make_fake_run(root, run_name="baseline", quality=0.55)
+    leaky = make_fake_run(root, run_name="leaky_run", quality=0.9, rng_seed=2)
+    collapsed_leaky = make_fake_run(root, run_name="both", rng_seed=3, collapse_to="C")
+    for path in (leaky, collapsed_leaky):
+        manifest = json.loads((path / "manifest.json").read_text())
+        manifest["config"] = {"embeddings": {"source": "transition_graph_all_users"}}
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    html_text = analysis_report.leaderboard_html(tables.leaderboard([clean, leaky, collapsed_leaky]))
+    label = "⚠ leaky: POI embeddings trained on all users&#x27; transitions, including the test users&#x27;"
+    row = _row(html_text, "leaky_run")
+    assert row.startswith('<tr class="leaky">') and label in row and "collapsed" not in row
+    row = _row(html_text, "both")
+    assert row.startswith('<tr class="collapsed leaky">')
+    assert row.index("⚠ collapsed: ") < row.index(label)
+    assert "⚠" not in _row(html_text, "baseline")
+    text = analysis_report.write_report([clean, leaky, collapsed_leaky], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"<b>{label}</b>: 2 run(s) — leaky_run, both —" in text
+    assert "⚠ collapsed:</b> 1 run(s) — both —" in text
 
 
 @pytest.mark.filterwarnings("ignore:optimizer.learning_rate")
@@ -230,15 +268,22 @@ def test_main_job_runs_the_reference_methods_in_the_same_batch():
     batches = [" ".join(c.replace("\\\n", " ").split()) for c in re.findall(r"nextpoi batch (.*?)\|\|", main, re.S)]
     assert len(batches) == 1
     (batch,) = batches
-    files = [w for w in batch.split() if w.endswith(".yaml")]
+    layer = "parameters/classes/gowalla7.yaml"
+    files = [w for w in batch.split() if w.endswith(".yaml") and w != layer]
     references = [f"parameters/baselines/{n}.yaml" for n in ("majority", "last_category", "markov",
                                                               "gradient_boosting")]
     grid = ["parameters/baseline.yaml"] + [f"parameters/{x}.yaml" for x in "ABCD"]
     assert files == grid + references and "--profile auto" in batch
     assert all((REPO / f).is_file() for f in files)
-    users = load_config(REPO / grid[0], profile="cpu", gpu_visible=False)
+    # Every run of the main job predicts our users' 7 classes, in a dataset folder of its own, and the report
+    # covers that folder.
+    assert f"--layer {layer}" in batch
+    assert "nextpoi report --dataset foursquare_nyc_gowalla7 " in main
+    users = load_config(REPO / grid[0], REPO / layer, profile="cpu", gpu_visible=False)
+    assert users.dataset_name() == "foursquare_nyc_gowalla7" and len(users.dataset.classes) == 7
     for f in references:
-        config = load_config(REPO / f, profile="cpu", gpu_visible=False)
+        config = load_config(REPO / f, REPO / layer, profile="cpu", gpu_visible=False)
+        assert config.dataset == users.dataset
         assert (config.windows.length, config.windows.stride) == (users.windows.length, users.windows.stride) == (9, 9)
         assert config.training.seeds == users.training.seeds == [0]
         assert config.folds == users.folds

@@ -71,46 +71,75 @@ def test_leaderboard_is_sorted_by_macro_f1(three_seeds):
     assert table["macro_f1_mean"].is_monotonic_decreasing
 
 
-def test_wilcoxon_p_equals_scipy_on_matched_pairs(three_seeds):
+def fold_means(run, selection="selected", metric="macro_f1"):
+    """The run's metric per fold, averaged over its seeds, read from fold_metrics.csv here."""
+    return fold_rows(run, selection).groupby("fold")[metric].mean()
+
+
+def test_wilcoxon_p_equals_scipy_on_fold_means(three_seeds):
+    """3 seeds × 5 folds: the 5 folds are paired once each, on each run's mean over its seeds in the fold."""
     _, baseline, better = three_seeds
     table = tables.leaderboard(three_seeds).set_index("run")
     for run in three_seeds:
         if run == baseline:
             assert pd.isna(table.loc[run.name, "p_wilcoxon"])
             continue
-        merged = fold_rows(run).merge(fold_rows(baseline), on=["seed", "fold"], suffixes=("_a", "_b"))
-        expected = wilcoxon(merged["macro_f1_a"], merged["macro_f1_b"], alternative="two-sided").pvalue
-        assert table.loc[run.name, "n_pairs"] == len(merged) == 15
+        merged = pd.concat([fold_means(run), fold_means(baseline)], axis=1, join="inner", keys=["a", "b"])
+        expected = wilcoxon(merged["a"], merged["b"], alternative="two-sided").pvalue
+        assert table.loc[run.name, "n_pairs"] == len(merged) == 5
         assert table.loc[run.name, "p_wilcoxon"] == pytest.approx(expected, rel=1e-12)
-    # Better on every one of 15 pairs: exact p = 2 / 2**15.
-    assert table.loc["better", "p_wilcoxon"] == pytest.approx(2 / 2**15)
+        assert "5 fold means paired" in table.loc[run.name, "note"]
+    # Better on every one of the 5 folds: exact p = 2 / 2**5, the floor of 5 folds, not 2 / 2**15.
+    assert table.loc["better", "p_wilcoxon"] == pytest.approx(2 / 2**5) == tables.min_attainable_p(5)
 
 
-def test_small_n_note_for_five_pairs_and_not_for_fifteen(one_seed, three_seeds):
-    five = tables.leaderboard(one_seed).set_index("run")
-    assert five.loc["better", "n_pairs"] == 5
-    # All five pairs favour 'better', yet the smallest attainable p is 2/2^5 = 0.0625.
-    assert five.loc["better", "p_wilcoxon"] == pytest.approx(0.0625)
-    assert "too small" in five.loc["better", "note"]
-    assert "0.0625" in five.loc["better", "note"]
-
-    fifteen = tables.leaderboard(three_seeds).set_index("run")
-    assert fifteen.loc["better", "n_pairs"] == 15
-    assert fifteen.loc["better", "p_wilcoxon"] < 0.05
-    assert "too small" not in fifteen.loc["better", "note"]
-    assert fifteen.loc["baseline", "note"] == "reference"
+def test_small_n_note_for_five_folds_whatever_the_seeds(one_seed, three_seeds):
+    for runs in (one_seed, three_seeds):
+        table = tables.leaderboard(runs).set_index("run")
+        assert table.loc["better", "n_pairs"] == 5
+        # All five folds favour 'better', yet the smallest attainable p is 2/2^5 = 0.0625.
+        assert table.loc["better", "p_wilcoxon"] == pytest.approx(0.0625)
+        assert "too small" in table.loc["better", "note"] and "0.0625" in table.loc["better", "note"]
+        assert table.loc["baseline", "note"] == "reference"
+        assert table.attrs["pairing"] == tables.PAIRING_RULE and tables.PAIRING_RULE in table.attrs["notes"]
+    assert "fold means" in tables.PAIRING_RULE and "0.0625" in tables.PAIRING_RULE
 
 
-def test_pairs_only_over_matching_seed_fold(tmp_path):
+def test_more_folds_can_reach_significance(tmp_path):
+    """With 10 folds (one seed) better on every fold: p = 2/2^10 < 0.05 and no small-n note."""
+    root = tmp_path / "outputs"
+    runs = [make_fake_run(root, run_name="baseline", seeds=(0,), n_folds=10, quality=0.3),
+            make_fake_run(root, run_name="better", seeds=(0,), n_folds=10, quality=0.95, rng_seed=2)]
+    means = [fold_means(run) for run in runs]
+    assert (means[1] > means[0]).all()
+    table = tables.leaderboard(runs).set_index("run")
+    assert table.loc["better", "n_pairs"] == 10
+    assert table.loc["better", "p_wilcoxon"] == pytest.approx(2 / 2**10)
+    assert "too small" not in table.loc["better", "note"]
+
+
+def test_runs_with_other_seeds_pair_their_own_fold_means(tmp_path):
     root = tmp_path / "outputs"
     baseline = make_fake_run(root, run_name="baseline", seeds=(0, 1, 2), quality=0.5)
     partial = make_fake_run(root, run_name="partial", seeds=(1, 2, 3), quality=0.8, rng_seed=5)
     table = tables.leaderboard([baseline, partial]).set_index("run")
-    merged = fold_rows(partial).merge(fold_rows(baseline), on=["seed", "fold"], suffixes=("_a", "_b"))
-    assert table.loc["partial", "n_pairs"] == len(merged) == 10
-    assert table.loc["partial", "p_wilcoxon"] == pytest.approx(
-        wilcoxon(merged["macro_f1_a"], merged["macro_f1_b"]).pvalue)
-    assert "only 10 of 15" in table.loc["partial", "note"]
+    assert table.loc["partial", "n_pairs"] == 5
+    expected = wilcoxon(fold_means(partial).sort_index(), fold_means(baseline).sort_index()).pvalue
+    assert table.loc["partial", "p_wilcoxon"] == pytest.approx(expected)
+    assert "seeds differ (1, 2, 3 vs the reference's 0, 1, 2)" in table.loc["partial", "note"]
+
+
+def test_pairs_only_over_folds_both_runs_have(tmp_path):
+    root = tmp_path / "outputs"
+    baseline = make_fake_run(root, run_name="baseline", seeds=(0, 1), quality=0.5)
+    partial = make_fake_run(root, run_name="partial", seeds=(0, 1), quality=0.8, rng_seed=5)
+    rows = pd.read_csv(partial / "fold_metrics.csv")
+    rows[rows["fold"] != 4].to_csv(partial / "fold_metrics.csv", index=False)  # fold 4 lost
+    table = tables.leaderboard([baseline, partial]).set_index("run")
+    assert table.loc["partial", "n_pairs"] == 4
+    kept = fold_means(baseline).drop(4).sort_index()
+    assert table.loc["partial", "p_wilcoxon"] == pytest.approx(wilcoxon(fold_means(partial).sort_index(), kept).pvalue)
+    assert "only 4 of 5 folds" in table.loc["partial", "note"]
 
 
 def test_different_fold_manifests_compare_means_but_refuse_paired_test(tmp_path):
@@ -206,7 +235,7 @@ def test_seed_dependence_of_older_run_folders_follows_their_kind(tmp_path):
 
     paths = [make_fake_run(tmp_path, run_name=name, seeds=(0, 1, 2), quality=q, rng_seed=r)
              for name, q, r in (("reference_run", 0.5, 1), ("other_run", 0.7, 2))]
-    for kind, expected_pairs in (("baseline", 5), ("neural", 15)):
+    for kind, expected_pairs in (("baseline", 5), ("neural", 5)):
         for path in paths:
             manifest = _json.loads((path / "manifest.json").read_text())
             manifest.pop("seed_dependent", None)
@@ -352,7 +381,7 @@ def test_old_hybrid_run_folders_are_analysed_as_blended(tmp_path):
     assert tables.seed_dependent(run)
     table = tables.leaderboard([baseline, old]).set_index("run")
     assert table.loc["old_blend", "kind"] == "blended"
-    assert table.loc["old_blend", "n_pairs"] == 15
+    assert table.loc["old_blend", "n_pairs"] == 5
     assert tables.runs_table([old]).loc[0, "kind"] == "blended"
 
 
@@ -413,3 +442,43 @@ def test_leaderboard_deltas_are_missing_without_baseline_or_references(grid_and_
     table = tables.leaderboard(runs)
     assert table["delta_to_baseline"].isna().all() and table["delta_to_best_reference"].isna().all()
     assert table.attrs["baseline"] is None and table.attrs["best_reference"] is None
+
+
+# ------------------------------------------------------------------- leaky POI embeddings
+
+
+def _edit_manifest(path, **changes):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(changes)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_leaderboard_labels_runs_with_leaky_embeddings(tmp_path):
+    """Leaky when the manifest's resolved config, or config.yaml, says embeddings.source:
+    transition_graph_all_users, or the manifest says embeddings.leaky: true; the collapse flag stays beside it."""
+    import yaml
+
+    root = tmp_path / "outputs"
+    clean = make_fake_run(root, run_name="baseline", seeds=(0, 1), quality=0.55)
+    by_manifest_config = make_fake_run(root, run_name="by_config", seeds=(0, 1), quality=0.7, rng_seed=2)
+    _edit_manifest(by_manifest_config, config={"embeddings": {"source": "transition_graph_all_users"}})
+    by_flag = make_fake_run(root, run_name="by_flag", seeds=(0, 1), quality=0.7, rng_seed=3)
+    _edit_manifest(by_flag, embeddings={"leaky": True})
+    by_yaml = make_fake_run(root, run_name="by_yaml", seeds=(0, 1), rng_seed=4, collapse_to="C")
+    config = yaml.safe_load((by_yaml / "config.yaml").read_text()) or {}
+    config["embeddings"] = {**(config.get("embeddings") or {}), "source": "transition_graph_all_users"}
+    (by_yaml / "config.yaml").write_text(yaml.safe_dump(config))
+    spatial = make_fake_run(root, run_name="spatial", seeds=(0, 1), quality=0.6, rng_seed=5)
+    _edit_manifest(spatial, config={"embeddings": {"source": "dgi"}}, embeddings={"leaky": False})
+
+    table = tables.leaderboard([clean, by_manifest_config, by_flag, by_yaml, spatial]).set_index("run")
+    label = "leaky: POI embeddings trained on all users' transitions, including the test users'"
+    assert table["leaky"].to_dict() == {"baseline": False, "by_config": True, "by_flag": True, "by_yaml": True,
+                                        "spatial": False}
+    for name in ("by_config", "by_flag"):
+        assert table.loc[name, "flag"] == label and table.loc[name, "collapsed"] == ""
+    assert table.loc["baseline", "flag"] == table.loc["spatial", "flag"] == ""
+    # Collapsed and leaky: both labels, the collapse first.
+    collapse_reason = table.loc["by_yaml", "collapsed"]
+    assert "'C' takes 100.0%" in collapse_reason
+    assert table.loc["by_yaml", "flag"] == f"collapsed: {collapse_reason}; {label}"
