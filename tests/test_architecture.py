@@ -23,7 +23,7 @@ LAYERS = [
     ["runfolder"],
     ["experiment"],
     ["analysis", "tuning", "mlflow_export"],
-    ["notebook_parameters", "batch"],
+    ["notebook_parameters", "live_bars", "batch"],
     ["cli", "widgets"],
 ]
 

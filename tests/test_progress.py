@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from nextpoi_lib import progress as progress_module
-from nextpoi_lib.batch import LiveBars, progress_bars_wanted
+from nextpoi_lib.live_bars import LiveBars, progress_bars_wanted
 from nextpoi_lib.embeddings import compute_dgi_embeddings
 from nextpoi_lib.preparation import prepare_data
 from nextpoi_lib.progress import (EVENTS_ENVIRONMENT, EventFile, EventFollower, Progress, ProgressState,
