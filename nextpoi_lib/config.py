@@ -96,9 +96,11 @@ class WindowConfig:
     # Inputs of each observed visit the neural heads see. poi_identity / venue_type: trainable tables of the
     # POI / finer category, their vocabulary fitted per fold on the training windows (model.identity_*);
     # user_past: the user's category counts before the window and own transitions (as the trees' history and
-    # personal features), repeated at every position.
+    # personal features), repeated at every position. place_statistics: the trees' target statistics of the
+    # window's last POI and last venue type (next-category shares after them among the fold's training windows,
+    # out-of-fold for those rows, and how often they were seen), fitted per fold, repeated at every position.
     features: list[Literal["embedding", "category", "time", "coordinates", "poi_identity", "venue_type",
-                           "user_past"]] = field(
+                           "user_past", "place_statistics"]] = field(
         default_factory=lambda: ["embedding"]
     )
     # Adding the predicted visit's own time changes the task; it must be asked for by this name.
@@ -549,17 +551,20 @@ def validate(config: ExperimentConfig, raw: dict[str, Any] | None = None) -> Non
                             f"{w.length} = non-overlapping windows).")
     _require(len(w.features) >= 1 and len(set(w.features)) == len(w.features),
              f"windows.features={w.features!r} must list each of 'embedding', 'category', 'time', "
-             f"'coordinates', 'poi_identity', 'venue_type', 'user_past' at most once, and at least one of them.")
-    needs_checkins = [name for name in ("poi_identity", "venue_type", "user_past") if name in w.features]
+             f"'coordinates', 'poi_identity', 'venue_type', 'user_past', 'place_statistics' at most once, and at "
+             f"least one of them.")
+    needs_checkins = [name for name in ("poi_identity", "venue_type", "user_past", "place_statistics")
+                      if name in w.features]
     _require(not (needs_checkins and d.source == "next_parquet"),
              f"windows.features lists {needs_checkins}, which need each visit's POI and the user's check-in "
              f"sequence, and a next.parquet file holds only precomputed embeddings: load the check-in table "
              f"(dataset.source: checkins) or remove {needs_checkins} from windows.features.")
-    if "venue_type" in w.features:
-        _require(d.source == "foursquare_nyc" or (d.source == "checkins" and d.subcategory_column),
-                 f"windows.features lists 'venue_type', which needs a finer category per check-in, and "
-                 f"dataset.source={d.source!r} has none: set dataset.subcategory_column to the column that holds "
-                 f"it (check-in tables), or remove 'venue_type' from windows.features.")
+    for name in ("venue_type", "place_statistics"):  # place_statistics: its half keyed by the last venue type
+        if name in w.features:
+            _require(d.source == "foursquare_nyc" or (d.source == "checkins" and d.subcategory_column),
+                     f"windows.features lists {name!r}, which needs a finer category per check-in, and "
+                     f"dataset.source={d.source!r} has none: set dataset.subcategory_column to the column that "
+                     f"holds it (check-in tables), or remove {name!r} from windows.features.")
     if d.source == "next_parquet":
         _require(w.features == ["embedding"] and not w.target_time_features,
                  f"windows.features={w.features!r}: a next.parquet file holds only the precomputed embeddings; "

@@ -205,12 +205,15 @@ class InputEncoder(nn.Module):
     category; time, coordinates and user_past: precomputed numeric features (see
     `features.sequence.numeric_features`); poi_identity and venue_type: trainable tables over the fold's
     vocabularies (`IdentityEmbedding`, added by `build_model` after the head is built, so that the head's
-    initial weights do not depend on the size of the fold's vocabulary).
+    initial weights do not depend on the size of the fold's vocabulary); place_statistics: one vector per
+    window fitted per fold (`features.place_statistics`, `window_inputs` [B, K]), repeated at every observed
+    position (zero on padding) after the numeric inputs.
     """
 
     def __init__(self, features: list[str], embedding_dim: int, num_classes: int, category_embedding_dim: int,
-                 numeric_dim: int, identity_dim: int = 0):
+                 numeric_dim: int, identity_dim: int = 0, window_input_dim: int = 0):
         super().__init__()
+        self.window_input_dim = window_input_dim
         self.use_embedding = "embedding" in features
         self.category = (nn.Embedding(num_classes + 1, category_embedding_dim, padding_idx=num_classes)
                          if "category" in features else None)
@@ -219,10 +222,11 @@ class InputEncoder(nn.Module):
         self.identity = nn.ModuleDict()
         self.output_dim = ((embedding_dim if self.use_embedding else 0)
                            + (category_embedding_dim if self.category is not None else 0) + numeric_dim
-                           + identity_dim * len(self.identity_names))
+                           + identity_dim * len(self.identity_names) + window_input_dim)
 
     def forward(self, embedded: torch.Tensor, category: torch.Tensor, numeric: torch.Tensor,
-                identity: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                identity: dict[str, torch.Tensor] | None = None, window_inputs: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         parts = []
         if self.use_embedding:
             parts.append(embedded)
@@ -233,6 +237,11 @@ class InputEncoder(nn.Module):
             parts.append(self.identity[name](identity[name]))
         if numeric.shape[-1]:
             parts.append(numeric)
+        if self.window_input_dim:
+            if window_inputs is None or mask is None:
+                raise ValueError("This encoder takes per-window inputs (place_statistics): pass window_inputs "
+                                 "[B, K] and the mask [B, L].")
+            parts.append(window_inputs[:, None, :] * mask[..., None].to(window_inputs.dtype))
         return torch.cat(parts, dim=-1)
 
 
@@ -245,22 +254,24 @@ class SequenceClassifier(nn.Module):
         self.head = head
 
     def forward(self, embedded, category, numeric, mask, return_attention: bool = False,
-                identity: dict[str, torch.Tensor] | None = None):
-        return self.head(self.encoder(embedded, category, numeric, identity), mask, return_attention=return_attention)
+                identity: dict[str, torch.Tensor] | None = None, window_inputs: torch.Tensor | None = None):
+        encoded = self.encoder(embedded, category, numeric, identity, window_inputs=window_inputs, mask=mask)
+        return self.head(encoded, mask, return_attention=return_attention)
 
 
 def build_model(config: ModelConfig, features: list[str], embedding_dim: int, num_classes: int, max_length: int,
                 numeric_dim: int, vocabularies: dict[str, Vocabulary] | None = None,
-                embedding_table: torch.Tensor | None = None) -> SequenceClassifier:
+                embedding_table: torch.Tensor | None = None, window_input_dim: int = 0) -> SequenceClassifier:
     """Encoder + head. `vocabularies`: the fold's vocabulary of each identity feature in `features`
     (`features.identity.fold_vocabularies`); `embedding_table`: the POI vectors that `identity_init: embedding`
-    copies into the poi_identity table."""
+    copies into the poi_identity table; `window_input_dim`: the width of the per-window inputs
+    (`WindowTensors.window_input_dim`, place_statistics)."""
     identity_names = [name for name in IDENTITY_FEATURES if name in features]
     missing = [name for name in identity_names if name not in (vocabularies or {})]
     if missing:
         raise ValueError(f"build_model needs the fold's vocabulary of {missing} (features.identity.fold_vocabularies)")
     encoder = InputEncoder(features, embedding_dim, num_classes, config.category_embedding_dim, numeric_dim,
-                           config.identity_dim if identity_names else 0)
+                           config.identity_dim if identity_names else 0, window_input_dim)
     head = MODEL_REGISTRY[config.name].from_config(config, encoder.output_dim, num_classes, max_length)
     # The identity tables draw their initial values after the head's: no other weight depends on their sizes.
     for name in identity_names:

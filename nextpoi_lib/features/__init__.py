@@ -7,7 +7,8 @@
 * `tabular`: the trees' window features (categories by position, counts, hours, gaps, last place);
 * `history`: the user's category counts before the window;
 * `personal`: what the user did after their own earlier visits to the window's last category and POI;
-* `target_statistics`: next-category statistics keyed by the last POI or venue type, fitted on training users.
+* `target_statistics`: next-category statistics keyed by the last POI or venue type, fitted on training users;
+* `place_statistics`: those statistics as a per-fold input of the neural heads (`windows.features`).
 
 Everything here reads only the observed visits of a window and check-ins before its target.
 """

@@ -25,6 +25,7 @@ from ..devices import autocast_dtype, fused_adamw
 from ..errors import UserError
 from ..folds import Fold
 from ..features.identity import IDENTITY_FEATURES, fold_vocabularies
+from ..features.place_statistics import place_statistics
 from ..heads import MODEL_REGISTRY, build_model, parameter_groups
 from ..losses import build_loss
 from ..metrics import confusion_counts, fit_bias_offsets, macro_f1_from_confusion
@@ -54,10 +55,12 @@ def make_optimizer(config: ExperimentConfig, parameters, device: torch.device) -
 
 
 def forward_batch(model, batch: dict[str, torch.Tensor], return_attention: bool = False):
-    """The model's output on a batch of `WindowTensors.batch`; identity codes go along only when the feature set
-    has them (so every other model is called exactly as before)."""
+    """The model's output on a batch of `WindowTensors.batch`; identity codes and per-window inputs go along only
+    when the feature set has them (so every other model is called exactly as before)."""
     identity = {name: batch[name] for name in IDENTITY_FEATURES if name in batch}
     extra = {"identity": identity} if identity else {}
+    if "window_inputs" in batch:  # the fold's place_statistics (WindowTensors.use_fold_window_inputs)
+        extra["window_inputs"] = batch["window_inputs"]
     if return_attention:
         extra["return_attention"] = True
     return model(batch["embedded"], batch["category"], batch["numeric"], batch["mask"], **extra)
@@ -141,6 +144,16 @@ def epoch_curve(seed: int, fold: int, epoch: int, stats: np.ndarray, n_train: in
             "val_macro_f1": macro_f1_from_confusion(confusion), "learning_rate": learning_rate}
 
 
+def use_fold_window_inputs(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, fold: Fold) -> None:
+    """With place_statistics in the feature set: fit the fold's statistics on its training windows (out-of-fold
+    for those rows) and hand them to `data`, unless they were fitted on these very rows already."""
+    if "place_statistics" not in config.windows.features:
+        return
+    fitted_on = fold.train_index.tobytes()
+    if data.window_inputs_fitted_on != fitted_on:
+        data.use_fold_window_inputs(place_statistics(windows, fold.train_index), fitted_on)
+
+
 def predict_test_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, fold: Fold, criterion,
                       autocast: bool, last_model, load_selected):
     """Predictions on the test fold with the last weights, then with the selected ones (+ attention, offsets,
@@ -148,6 +161,7 @@ def predict_test_fold(config: ExperimentConfig, data: WindowTensors, windows: Wi
     num_classes, batch_size = len(windows.classes), config.training.batch_size * 4
     test_index = torch.from_numpy(fold.test_index).to(data.storage_device)
     with_attention = MODEL_REGISTRY[config.model.name].returns_attention
+    use_fold_window_inputs(config, data, windows, fold)
     predictions = {}
     _, _, last_log_probabilities, _ = evaluate(last_model, data, test_index, criterion, num_classes, batch_size,
                                                autocast)
@@ -202,8 +216,10 @@ def fit_fold(config: ExperimentConfig, data: WindowTensors, windows: WindowSet, 
     # Identity vocabularies (if the feature set has them) from this fold's training windows only.
     vocabularies = fold_vocabularies(windows, config.windows.features, fold.train_index,
                                      config.model.identity_min_count)
+    # Per-window target statistics (if the feature set has them), fitted on this fold's training windows only.
+    use_fold_window_inputs(config, data, windows, fold)
     model = build_model(config.model, config.windows.features, data.embedding_dim, num_classes, windows.length,
-                        data.numeric_dim, vocabularies, data.table).to(device)
+                        data.numeric_dim, vocabularies, data.table, data.window_input_dim).to(device)
     train_targets = windows.target[fold.train_index]
     criterion = build_loss(config.loss, train_targets, num_classes).to(device)
     optimizer = make_optimizer(config, parameter_groups(config.model, model), device)

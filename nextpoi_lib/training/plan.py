@@ -42,6 +42,13 @@ def execution_plan(config: ExperimentConfig, device: torch.device, fold_manifest
         notes.append(f"training.stack_folds ignored for model {config.model.name!r}: torch.vmap cannot batch its "
                      f"kernels (stackable heads: {stackable_heads}); training folds one by one.")
     use_stack = stackable and (stack is True or (stack == "auto" and device.type == "cuda"))
+    if use_stack and "place_statistics" in config.windows.features:
+        # Each fold's place_statistics are fitted on its own training users, and stacked folds gather every
+        # fold's batch from one set of window tensors.
+        use_stack = False
+        notes.append("Stacked folds off: windows.features 'place_statistics' are fitted per fold (each fold's "
+                     "training users), and stacked folds share one set of window inputs; training folds one by "
+                     "one.")
     threads = torch.get_num_threads()
     if device.type != "cpu" or use_stack:
         if workers not in ("auto", 1):

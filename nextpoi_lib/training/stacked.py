@@ -20,7 +20,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..config import ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
 from ..devices import pin_host_memory
 from ..features.identity import fold_vocabularies
 from ..folds import Fold
@@ -207,6 +207,11 @@ def train_folds_stacked(config: ExperimentConfig, data: WindowTensors, windows: 
     everything else is the same function, which tests/training/test_equivalence.py checks with dropout
     switched off.
     """
+    if "place_statistics" in config.windows.features:
+        # execution_plan never stacks these (each fold's statistics are its own input); a direct call is refused.
+        raise ConfigError("Stacked folds cannot train windows.features 'place_statistics': each fold's statistics "
+                          "are fitted on its own training users and are one more per-fold input. Set "
+                          "training.stack_folds: false (the execution plan does so itself).")
     started = time.perf_counter()
     device, training, num_classes = data.device, config.training, len(windows.classes)
     autocast = use_autocast(config, device)

@@ -13,6 +13,7 @@ import torch
 from ..config import ConfigError, ExperimentConfig
 from ..devices import pin_host_memory
 from ..features.identity import IDENTITY_FEATURES, identity_codes
+from ..features.place_statistics import place_statistics_width
 from ..features.sequence import numeric_features
 from ..windows import WindowSet
 
@@ -59,6 +60,21 @@ class WindowTensors:
                                   "set dataset.subcategory_column (check-in tables), or remove 'venue_type' from "
                                   "windows.features.")
             host[name] = torch.from_numpy(identity_codes(windows, name)[0])
+        # Per-window inputs fitted per fold (place_statistics): set by the training loop for each fold through
+        # use_fold_window_inputs; only their width is known here.
+        self.window_input_dim = 0
+        if "place_statistics" in config.windows.features:
+            if windows.subcategory_index is None:
+                raise ConfigError("windows.features lists 'place_statistics', whose venue-type half needs a finer "
+                                  "category per check-in, and these windows carry none: set "
+                                  "dataset.subcategory_column (check-in tables), or remove 'place_statistics' from "
+                                  "windows.features.")
+            self.window_input_dim = place_statistics_width(len(windows.classes))
+        self.window_inputs: torch.Tensor | None = None
+        # What the current window inputs were fitted on (the fold's training rows), so a fold's evaluation
+        # after its training reuses them instead of fitting them again.
+        self.window_inputs_fitted_on: bytes | None = None
+        self.window_count = len(windows)
         self.table = torch.from_numpy(np.ascontiguousarray(table))
         needed = sum(t.numel() * t.element_size() for t in host.values()) + self.table.numel() * 4
         self.device = device
@@ -86,6 +102,11 @@ class WindowTensors:
         }
         for name in self.identity_names:
             out[name] = self.tensors[name][index]
+        if self.window_input_dim:
+            if self.window_inputs is None:
+                raise ValueError("The feature set has per-fold window inputs (place_statistics), and no fold's "
+                                 "were set: call use_fold_window_inputs with the fold's array before batching.")
+            out["window_inputs"] = self.window_inputs[index]
         if self.storage_device != self.device:
             out = {name: t.to(self.device, non_blocking=True) for name, t in out.items()}
         return out
@@ -101,3 +122,18 @@ class WindowTensors:
         new = torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))
         pin = self.storage_device.type == "cpu" and pin_host_memory(self.device)
         self.table = new.pin_memory() if pin else new.to(self.storage_device)
+
+    def use_fold_window_inputs(self, values: np.ndarray, fitted_on: bytes | None = None) -> None:
+        """Return `values` ([N, K] float32, one row per window: a fold's place_statistics) under "window_inputs"
+        in every batch from now on (`fitted_on`: what they were fitted on, kept as window_inputs_fitted_on).
+        Kept where the other tensors are; raises ValueError when the shape is not (windows, the feature set's
+        width)."""
+        expected = (self.window_count, self.window_input_dim)
+        if not self.window_input_dim or tuple(np.shape(values)) != expected:
+            raise ValueError(f"The fold's window inputs have shape {tuple(np.shape(values))}, but these windows "
+                             f"take {expected} (windows x the width of place_statistics; width 0 means the "
+                             f"feature set has none).")
+        new = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+        pin = self.storage_device.type == "cpu" and pin_host_memory(self.device)
+        self.window_inputs = new.pin_memory() if pin else new.to(self.storage_device)
+        self.window_inputs_fitted_on = fitted_on
