@@ -95,7 +95,7 @@ case "${1:-}" in
       parameters/neural_transition.yaml parameters/neural_identity.yaml parameters/neural_labels_past.yaml \
       parameters/neural_place_past.yaml \
       parameters/neural_labels_past_tuned.yaml parameters/neural_place_past_tuned.yaml \
-      parameters/neural_place_stats_tuned.yaml parameters/blended_place_past.yaml \
+      parameters/neural_place_stats_tuned.yaml parameters/blended_place_stats.yaml \
       --output-root outputs/results --cell-timeout 0 "$@" || status=$?
     nextpoi batch parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
       --profile "$profile" --output-root outputs/results --cell-timeout 0 "$@" || status=$?

@@ -19,7 +19,7 @@ ORDER = ["majority", "last_category", "most_frequent_in_window", "markov", "grad
          "C", "D", "recommended_category_only", "recommended_neural", "recommended_labels_only", "recommended",
          # Issue 15: heads that learn the place and the user's past, per-fold transition embeddings, their blend.
          "neural_transition", "neural_identity", "neural_labels_past", "neural_place_past", "neural_labels_past_tuned",
-         "neural_place_past_tuned", "neural_place_stats_tuned", "blended_place_past"]
+         "neural_place_past_tuned", "neural_place_stats_tuned", "blended_place_stats"]
 
 
 def main(root: Path) -> None:
