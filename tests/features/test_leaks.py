@@ -89,16 +89,21 @@ def test_inputs_ignore_check_ins_at_or_after_the_target(tmp_path):
     assert not np.array_equal(before[3][user_windows[-1]], after[3][user_windows[-1]])
 
 
-def test_inputs_ignore_the_other_test_users(tmp_path):
-    frame = checkins()
-    before = inputs(frame, tmp_path, "before")
+def with_other_test_users_changed(frame):
+    """The check-ins with the other test users' (u01, u02) places, categories and venue types redrawn."""
     changed = frame.copy()
     others = changed.userid.isin(["u01", "u02"])
     rng = np.random.default_rng(1)
     changed.loc[others, "placeid"] = [f"a_other{i}" for i in rng.integers(0, 30, int(others.sum()))]
     changed.loc[others, "category"] = rng.choice(CATEGORIES, int(others.sum()))
     changed.loc[others, "type"] = "a_type"
-    after = inputs(changed, tmp_path, "after")
+    return changed
+
+
+def test_inputs_ignore_the_other_test_users(tmp_path):
+    frame = checkins()
+    before = inputs(frame, tmp_path, "before")
+    after = inputs(with_other_test_users_changed(frame), tmp_path, "after")
     assert_same_inputs(before, after, np.flatnonzero(before[0].users == "u00"))
 
 

@@ -21,7 +21,7 @@ from nextpoi_lib.training.neural import cross_validate
 from nextpoi_lib.training.plan import execution_plan
 from nextpoi_lib.training.tensors import WindowTensors
 from synthetic import synthetic_config
-from test_leaks import CATEGORIES, TEST_USERS, VAL_USERS, checkins, inputs
+from test_leaks import CATEGORIES, VAL_USERS, checkins, inputs, with_other_test_users_changed
 
 C = len(CATEGORIES)
 TRANSFORMER = {"name": "transformer", "model_dim": 16, "num_layers": 1, "num_heads": 2, "feedforward_dim": 16}
@@ -88,13 +88,7 @@ def test_a_test_window_ignores_check_ins_at_or_after_its_target(tmp_path):
 def test_a_test_window_ignores_the_other_test_users(tmp_path):
     frame = checkins()
     windows, fold, _, _ = inputs(frame, tmp_path, "before")
-    changed = frame.copy()
-    others = changed.userid.isin(["u01", "u02"])
-    rng = np.random.default_rng(1)
-    changed.loc[others, "placeid"] = [f"a_other{i}" for i in rng.integers(0, 30, int(others.sum()))]
-    changed.loc[others, "category"] = rng.choice(CATEGORIES, int(others.sum()))
-    changed.loc[others, "type"] = "a_type"
-    windows2, fold2, _, _ = inputs(changed, tmp_path, "after")
+    windows2, fold2, _, _ = inputs(with_other_test_users_changed(frame), tmp_path, "after")
     own = np.flatnonzero(windows.users == "u00")
     np.testing.assert_array_equal(place_statistics(windows, fold.train_index)[own],
                                   place_statistics(windows2, fold2.train_index)[own])
