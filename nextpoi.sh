@@ -92,7 +92,8 @@ case "${1:-}" in
     status=0
     nextpoi batch parameters/baselines/*.yaml parameters/recommended.yaml parameters/recommended_labels_only.yaml \
       parameters/recommended_neural.yaml parameters/recommended_category_only.yaml \
-      parameters/neural_transition.yaml parameters/neural_identity.yaml parameters/neural_labels_past.yaml \
+      parameters/neural_transition.yaml parameters/neural_transition_all_users.yaml parameters/neural_identity.yaml \
+      parameters/neural_labels_past.yaml \
       parameters/neural_place_past.yaml \
       parameters/neural_labels_past_tuned.yaml parameters/neural_place_past_tuned.yaml \
       parameters/neural_place_stats_tuned.yaml parameters/blended_place_stats.yaml \

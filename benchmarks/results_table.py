@@ -18,7 +18,8 @@ from nextpoi_lib.runfolder import load_runs
 ORDER = ["majority", "last_category", "most_frequent_in_window", "markov", "gradient_boosting", "baseline", "A", "B",
          "C", "D", "recommended_category_only", "recommended_neural", "recommended_labels_only", "recommended",
          # Issue 15: heads that learn the place and the user's past, per-fold transition embeddings, their blend.
-         "neural_transition", "neural_identity", "neural_labels_past", "neural_place_past", "neural_labels_past_tuned",
+         "neural_transition", "neural_transition_all_users", "neural_identity", "neural_labels_past",
+         "neural_place_past", "neural_labels_past_tuned",
          "neural_place_past_tuned", "neural_place_stats_tuned", "blended_place_stats"]
 
 
