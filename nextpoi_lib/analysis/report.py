@@ -194,25 +194,23 @@ def write_report(run_paths, output_path, title: str = "nextpoi analysis report",
         f"<b>{html.escape(str(table.attrs.get('best_reference') or '(none here)'))}</b>, the floor a model has to "
         "beat.</p>"
     )
-    collapsed = table[table["collapsed"].astype(bool)] if "collapsed" in table else table.iloc[0:0]
-    if len(collapsed):
-        parts.append(
-            f'<p class="note"><b>{html.escape(COLLAPSED.strip())}</b> {len(collapsed)} run(s) — '
-            + html.escape(", ".join(collapsed["run"].astype(str)))
-            + " — predict (almost) one class for every window, or never predict half the classes (the row's note "
-            "says which). The majority reference does so by design; a trained model flagged like it learnt no more "
-            "than the class frequencies under these settings, which is why its macro-F1 is near zero — the "
-            "workbench did not fail.</p>"
-        )
-    leaky = table[table["leaky"].astype(bool)] if "leaky" in table else table.iloc[0:0]
-    if len(leaky):
-        parts.append(
-            f'<p class="note"><b>{html.escape(LEAKY)}</b>: {len(leaky)} run(s) — '
-            + html.escape(", ".join(leaky["run"].astype(str)))
-            + " — use POI embeddings trained on every user's visit transitions (embeddings.source: "
-            "transition_graph_all_users), so the next visit of a test window leaks into its last visit's vector. "
-            "Their scores are inflated and are not comparable with the other runs.</p>"
-        )
+    explanations = {
+        # column: (bold label, what follows it, what the flag means)
+        "collapsed": (html.escape(COLLAPSED.strip()), " ",
+                      "predict (almost) one class for every window, or never predict half the classes (the row's "
+                      "note says which). The majority reference does so by design; a trained model flagged like it "
+                      "learnt no more than the class frequencies under these settings, which is why its macro-F1 is "
+                      "near zero — the workbench did not fail."),
+        "leaky": (html.escape(LEAKY), ": ",
+                  "use POI embeddings trained on every user's visit transitions (embeddings.source: "
+                  "transition_graph_all_users), so the next visit of a test window leaks into its last visit's "
+                  "vector. Their scores are inflated and are not comparable with the other runs."),
+    }
+    for column, (label, separator, explanation) in explanations.items():
+        flagged = table[table[column].astype(bool)] if column in table else table.iloc[0:0]
+        if len(flagged):
+            parts.append(f'<p class="note"><b>{label}</b>{separator}{len(flagged)} run(s) — '
+                         + html.escape(", ".join(flagged["run"].astype(str))) + f" — {explanation}</p>")
     for note in table.attrs.get("notes", []):
         if note == table.attrs.get("pairing"):
             continue  # the pairing rule is stated in the paragraph above

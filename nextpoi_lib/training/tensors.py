@@ -119,9 +119,7 @@ class WindowTensors:
             raise ValueError(f"The fold's embedding table has shape {tuple(np.shape(table))}, but the windows "
                              f"gather from a table of shape {tuple(self.table.shape)} (POIs x dimensions): build it "
                              f"over the same POI rows and embeddings.dim.")
-        new = torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))
-        pin = self.storage_device.type == "cpu" and pin_host_memory(self.device)
-        self.table = new.pin_memory() if pin else new.to(self.storage_device)
+        self.table = self._stored(table)
 
     def use_fold_window_inputs(self, values: np.ndarray, fitted_on: bytes | None = None) -> None:
         """Return `values` ([N, K] float32, one row per window: a fold's place_statistics) under "window_inputs"
@@ -133,7 +131,12 @@ class WindowTensors:
             raise ValueError(f"The fold's window inputs have shape {tuple(np.shape(values))}, but these windows "
                              f"take {expected} (windows x the width of place_statistics; width 0 means the "
                              f"feature set has none).")
+        self.window_inputs = self._stored(values)
+        self.window_inputs_fitted_on = fitted_on
+
+    def _stored(self, values: np.ndarray) -> torch.Tensor:
+        """A float32 copy of a per-fold array, kept where the other tensors are (pinned host memory when they
+        stay on the host of an accelerator)."""
         new = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
         pin = self.storage_device.type == "cpu" and pin_host_memory(self.device)
-        self.window_inputs = new.pin_memory() if pin else new.to(self.storage_device)
-        self.window_inputs_fitted_on = fitted_on
+        return new.pin_memory() if pin else new.to(self.storage_device)
