@@ -129,6 +129,28 @@ class LSTMHead(RecurrentHead):
     cell = nn.LSTM
 
 
+class WideGRUHead(RecurrentHead):
+    """A GRU whose classifier also sees the last observed visit's inputs (wide and deep).
+
+    The per-window inputs (user_past, place_statistics) and the last visit's own vectors reach the classifier
+    directly instead of only through the recurrent state, and a hidden layer of `hidden_dim` units lets them
+    interact with it, the way the trees combine their columns: MLP([state at the last visit, inputs there])."""
+    cell = nn.GRU
+
+    def __init__(self, input_dim: int, num_classes: int, max_length: int, hidden_dim: int = 256, num_layers: int = 2,
+                 dropout: float = 0.3):
+        super().__init__(input_dim, num_classes, max_length, hidden_dim, num_layers, dropout)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_dim + input_dim, hidden_dim),
+                                        nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, return_attention: bool = False):
+        if return_attention:
+            raise ValueError(f"{type(self).__name__} has no attention weights.")
+        sequence, _ = self.rnn(x)
+        joined = torch.cat([last_valid_step(sequence, mask), last_valid_step(x, mask)], dim=-1)
+        return self.classifier(joined)
+
+
 class HybridHead(nn.Module):
     """GRU, then multi-head self-attention over its states, then masked attention pooling."""
     returns_attention = True
@@ -164,6 +186,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "gru": GRUHead,
     "lstm": LSTMHead,
     "hybrid": HybridHead,
+    "wide_gru": WideGRUHead,
 }
 
 

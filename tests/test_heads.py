@@ -10,6 +10,7 @@ HEAD_CONFIGS = {
     "gru": ModelConfig(name="gru", hidden_dim=16, num_layers=2),
     "lstm": ModelConfig(name="lstm", hidden_dim=16, num_layers=2),
     "hybrid": ModelConfig(name="hybrid", hidden_dim=16, num_layers=1, num_heads=2),
+    "wide_gru": ModelConfig(name="wide_gru", hidden_dim=16, num_layers=2),
 }
 
 
@@ -56,7 +57,36 @@ def test_declared_capabilities():
     assert {name for name, head in MODEL_REGISTRY.items() if head.returns_attention} == {"transformer", "hybrid"}
     assert {name for name, head in MODEL_REGISTRY.items() if head.stackable} == {"transformer"}
     assert {name: head.attention_width_key for name, head in MODEL_REGISTRY.items()} == {
-        "transformer": "model_dim", "gru": None, "lstm": None, "hybrid": "hidden_dim"}
+        "transformer": "model_dim", "gru": None, "lstm": None, "hybrid": "hidden_dim", "wide_gru": None}
+
+
+def test_the_wide_gru_classifier_reads_the_last_visit_inputs_directly():
+    # With the recurrent weights at zero the GRU's state is the same for every window (zero), so a plain GRU
+    # predicts one class; the wide head still sees the last visit's inputs and fits XOR of two of them,
+    # which no linear function of its inputs can.
+    torch.manual_seed(0)
+    n, length = 256, 4
+    x = torch.randn(n, length, 3)
+    mask = torch.ones(n, length, dtype=torch.bool)
+    mask[::2, 2:] = False  # the last observed visit is position 1 for half the windows
+    last = last_valid_step(x, mask)
+    target = ((last[:, 0] > 0) ^ (last[:, 1] > 0)).long()
+    accuracy = {}
+    for name in ("gru", "wide_gru"):
+        torch.manual_seed(0)
+        head = MODEL_REGISTRY[name](input_dim=3, num_classes=2, max_length=length, hidden_dim=32, num_layers=1,
+                                    dropout=0.0)
+        for parameter in head.rnn.parameters():
+            parameter.data.zero_()
+            parameter.requires_grad_(False)
+        optimiser = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=0.03)
+        for _ in range(300):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(head(x, mask), target).backward()
+            optimiser.step()
+        accuracy[name] = float((head(x, mask).argmax(dim=1) == target).float().mean())
+    assert accuracy["gru"] == pytest.approx(float(torch.bincount(target).max()) / n)  # the majority class only
+    assert accuracy["wide_gru"] > 0.95
 
 
 def test_causal_transformer_differs_from_bidirectional_with_same_weights():
