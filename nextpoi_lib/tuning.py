@@ -245,13 +245,43 @@ def _objective_attributes(config: ExperimentConfig, mode: str, folds: list[int],
     return {"metric": OBJECTIVE, "mode": mode, "folds": folds, "seeds": seeds, "base_config_hash": base_hash}
 
 
-def _sampler(config: ExperimentConfig, stored_trials: int) -> optuna.samplers.BaseSampler:
-    # Seeded by the trials already stored: a resumed study draws new points instead of repeating the first ones,
-    # and the same sequence of calls still gives the same trials.
-    seed = config.tune.sampler_seed + stored_trials
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Draws trial k with a fresh sampler seeded by (tune.sampler_seed, k).
+
+    The storage gives every trial its own number, also to processes that share one study, so each process
+    draws other points than its neighbours (one seed per process would make them repeat each other's trials),
+    a resumed study draws new points, and the same sequence of trials gives the same points again."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
+        self._make, self._seed, self._by_trial = make, seed, {}
+
+    def _for(self, trial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self._by_trial:
+            state = np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0]
+            self._by_trial[trial.number] = self._make(int(state))
+        return self._by_trial[trial.number]
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+        self._by_trial.pop(trial.number, None)
+
+
+def _sampler(config: ExperimentConfig) -> optuna.samplers.BaseSampler:
     if config.tune.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+        return TrialSeededSampler(lambda seed: optuna.samplers.RandomSampler(seed=seed), config.tune.sampler_seed)
+    return TrialSeededSampler(lambda seed: optuna.samplers.TPESampler(seed=seed), config.tune.sampler_seed)
 
 
 def _pruner(config: ExperimentConfig) -> optuna.pruners.BasePruner:
@@ -265,11 +295,8 @@ def open_study(config: ExperimentConfig, name: str, attributes: dict,
     """Create the study, or load it when it exists (resume); refuse one stored with another objective."""
     path = study_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    storage = storage_for(path)
-    stored = (len(optuna.load_study(study_name=name, storage=storage).trials)
-              if name in optuna.study.get_all_study_names(storage) else 0)
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                sampler=_sampler(config, stored), pruner=pruner or _pruner(config),
+    study = optuna.create_study(storage=storage_for(path), study_name=name, direction="maximize",
+                                sampler=_sampler(config), pruner=pruner or _pruner(config),
                                 load_if_exists=True)
     stored = study.user_attrs.get("objective")
     if stored is None:

@@ -308,3 +308,32 @@ def test_resuming_with_another_objective_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"folds differ: stored \[\[0, 1\]\], now \[\[2\]\]"):
         tuning.run_study(other_folds, trials=1, progress=Progress(False))
     assert len(stored_trials(longer)) == 1
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_processes_sharing_a_study_draw_different_points_and_a_rerun_draws_the_same(tmp_path, sampler):
+    # Two processes open the same empty study at once: with one sampler seed per process they would both draw
+    # the same first point. Each trial is drawn with the seed of its number, which the storage hands out once.
+    config = quiet_load(base_sections(tmp_path, tune={"sampler": sampler}))
+    attributes = {"objective": "test"}
+
+    def ask_in_turn(root):
+        first = tuning.open_study(dataclasses.replace(config, output=dataclasses.replace(config.output, root=root)),
+                                  "shared", attributes)
+        second = tuning.open_study(dataclasses.replace(config, output=dataclasses.replace(config.output, root=root)),
+                                   "shared", attributes)
+        points = []
+        for study in (first, second, second, first):
+            trial = study.ask()
+            points.append((trial.number, tuning.suggest(trial, "optimizer.learning_rate",
+                                                        SPACE["optimizer.learning_rate"])))
+            study.tell(trial, 0.5)
+        return points
+
+    points = ask_in_turn(str(tmp_path / "a"))
+    assert [number for number, _ in points] == [0, 1, 2, 3]
+    assert len({value for _, value in points}) == 4
+    assert ask_in_turn(str(tmp_path / "b")) == points  # the same trials in a new study: the same points
+    reseeded = quiet_load(base_sections(tmp_path, tune={"sampler": sampler, "sampler_seed": 1}))
+    study = tuning.open_study(reseeded, "other", attributes)
+    assert tuning.suggest(study.ask(), "optimizer.learning_rate", SPACE["optimizer.learning_rate"]) != points[0][1]
