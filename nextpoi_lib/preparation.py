@@ -153,6 +153,8 @@ def prepare_data(config: ExperimentConfig, progress: Progress | None = None,
             fold_embeddings = fold_transition_tables(checkins, poi_table(checkins), windows, manifest,
                                                      config.embeddings, embedding_cache_directory(config), device,
                                                      progress, config.training.progress)
+    if manifest.groups is not None:
+        windows.groups = np.array([manifest.groups[user] for user in windows.users])
     progress_step(progress, "data", data_steps, data_steps, f"{len(windows.target)} windows")
     warn_rare_classes(manifest, windows.target, windows.classes, balanced_weights=uses_balanced_weights(config))
     report = windows.report

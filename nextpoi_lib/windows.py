@@ -60,6 +60,14 @@ class WindowSet:
     sequence: CheckinSequence | None = None
     # Per-window arrays derived from the sequence by nextpoi_lib.features, computed on first use (by name).
     derived: dict = field(default_factory=dict, repr=False, compare=False)
+    # [N] the group of each window's user when folds are grouped by a person proxy (set by preparation from the
+    # fold manifest); None: every user is its own group. Out-of-fold label statistics keep a group in one part.
+    groups: np.ndarray | None = None
+
+    @property
+    def owners(self) -> np.ndarray:
+        """[N] who a window belongs to for anything split by user: its user's group, or the user itself."""
+        return self.users if self.groups is None else self.groups
 
     def __len__(self) -> int:
         return len(self.target)
@@ -90,7 +98,8 @@ class WindowSet:
                          report=dict(self.report),
                          subcategory_index=None if self.subcategory_index is None else self.subcategory_index[index],
                          sequence=None if self.sequence is None else self.sequence.subset(index),
-                         derived={name: values[index] for name, values in self.derived.items()})
+                         derived={name: values[index] for name, values in self.derived.items()},
+                         groups=None if self.groups is None else self.groups[index])
 
 
 def window_bounds(visit_counts: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -185,6 +185,23 @@ def test_person_proxy_folds_never_split_a_household(household_table):
                for fold in by_user.folds)
 
 
+def test_prepared_windows_carry_their_person_proxy_group(household_table, tmp_path):
+    # The out-of-fold label statistics (trees, place_statistics) split the training users by these groups.
+    from nextpoi_lib.preparation import prepare_data
+    from synthetic import synthetic_config
+
+    _, household = household_table
+    dataset = {"path": str(tmp_path / "households.csv"), "subcategory_column": "venue_type"}
+    config = synthetic_config(tmp_path, dataset=dataset, folds={"group_by": "person_proxy"},
+                              model={"name": "gradient_boosting"})
+    prepared = prepare_data(config)
+    first_member = {home: min(u for u in household if household[u] == home) for home in household.values()}
+    np.testing.assert_array_equal(prepared.windows.groups,
+                                  [first_member[household[user]] for user in prepared.windows.users])
+    by_user = synthetic_config(tmp_path, dataset=dataset, model={"name": "gradient_boosting"})
+    assert prepare_data(by_user).windows.groups is None
+
+
 def test_person_proxy_manifest_records_the_grouping_and_hashes_it(household_table):
     table, household = household_table
     _, proxy = person_proxy_manifest(table, FoldConfig(group_by="person_proxy"))

@@ -38,11 +38,13 @@ def transition_statistics(windows: WindowSet, keys: np.ndarray, fit_index: np.nd
 def out_of_fold_statistics(windows: WindowSet, keys: np.ndarray, train_index: np.ndarray, parts: int = 5,
                            seed: int = 0) -> np.ndarray:
     """Transition statistics for the training windows themselves, each computed without its own user's
-    windows (user-grouped parts), so the trees never see a feature built from the row's own label."""
-    users = windows.users[train_index]
-    unique_users = np.unique(users)
-    part_of_user = dict(zip(unique_users, np.random.default_rng(seed).integers(0, parts, len(unique_users))))
-    part = np.array([part_of_user[user] for user in users])
+    windows (user-grouped parts), so the trees never see a feature built from the row's own label. With folds
+    grouped by a person proxy (`windows.groups`) the parts keep each group whole: a training window's statistics
+    then leave out the same person's other weeks, as a test window's do."""
+    owners = windows.owners[train_index]
+    unique_owners = np.unique(owners)
+    part_of_owner = dict(zip(unique_owners, np.random.default_rng(seed).integers(0, parts, len(unique_owners))))
+    part = np.array([part_of_owner[owner] for owner in owners])
     statistics = np.zeros((len(train_index), len(windows.classes) + 1))
     for k in range(parts):
         statistics[part == k] = transition_statistics(windows, keys, train_index[part != k], train_index[part == k])

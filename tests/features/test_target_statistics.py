@@ -67,3 +67,32 @@ def test_last_visit_keys_by_hand():
     with pytest.raises(ValueError, match="subcategory_statistics needs a finer category.*"
                                          "trees.subcategory_statistics: false"):
         last_visit_keys(windows, "subcategory")
+
+
+def test_out_of_fold_parts_keep_a_person_proxy_group_whole():
+    # 40 windows of 40 users at one POI, users paired into 20 groups. With the groups set, a window's out-of-fold
+    # statistics leave out its group-mate's window as its own (a test window's never include its person's
+    # other weeks either); with each user its own group, the group-mate is usually in another part and counts.
+    rng = np.random.default_rng(3)
+    n = 40
+    windows = tiny_windows(rng.integers(0, 3, n))
+    windows.users = np.array([f"u{i:02d}" for i in range(n)])
+    mates = np.arange(n) ^ 1  # 0<->1, 2<->3, ...
+    keys, train = np.zeros(n, np.int64), np.arange(n)
+
+    def changed_by_mates(groups):
+        windows.groups = groups
+        before = out_of_fold_statistics(windows, keys, train)
+        changed = np.zeros(n, bool)
+        for i in range(n):
+            original = windows.target.copy()
+            windows.target[mates[i]] = (windows.target[mates[i]] + 1) % 3
+            changed[i] = not np.array_equal(out_of_fold_statistics(windows, keys, train)[i], before[i])
+            windows.target = original
+        return changed
+
+    assert not changed_by_mates(np.array([f"g{i // 2:02d}" for i in range(n)])).any()
+    assert changed_by_mates(None).sum() >= n // 2
+    # A window subset keeps its groups.
+    windows.groups = np.array([f"g{i // 2:02d}" for i in range(n)])
+    np.testing.assert_array_equal(windows.subset(np.array([3, 4])).groups, ["g01", "g02"])
