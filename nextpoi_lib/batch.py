@@ -7,7 +7,9 @@ line. The parameters resolve as in the notebook (`notebook_parameters.experiment
 
 Before anything trains, every parameter file is resolved and validated; a file with an unknown key or an
 invalid value is recorded as failed with its message and the others still run. A file whose run folder is
-already complete is skipped (resume); a folder that exists under the run's name but is not a complete run (what
+already complete is skipped (resume) when its `config.yaml` is this file's resolved config (a complete run of the
+same name made with other settings is recorded as failed, naming the keys that differ: pass `overwrite` to
+replace it); a folder that exists under the run's name but is not a complete run (what
 a user put there) is never deleted without `overwrite`: that file is recorded as failed with the message
 `nextpoi run` gives, as is one whose notebook another live batch is executing now.
 
@@ -63,7 +65,7 @@ from .notebook_parameters import experiment_config
 from .live_bars import LiveBars, progress_bars_wanted
 from .progress import EVENTS_ENVIRONMENT
 from .runfolder import (RunExistsError, check_folder_writable, check_run_target, is_complete, process_alive,
-                        remove_stale_temporaries, run_directory)
+                        remove_stale_temporaries, run_directory, stored_config_differences)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = PACKAGE_ROOT / "notebooks" / "experiment.ipynb"
@@ -460,6 +462,17 @@ def run_batch(parameter_files: Iterable[str | os.PathLike], profile: str | os.Pa
             for stale in remove_stale_temporaries(run_dir):
                 reporter.line(f"{config.name}: cleaned up {stale}, left by a run that did not finish")
             if is_complete(run_dir) and not overwrite:
+                differences = stored_config_differences(run_dir, config)
+                if differences:
+                    # Skipping would report the old run's numbers as this file's.
+                    outcome.status, outcome.stage = "failed", "validation"
+                    shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more"
+                                                           if len(differences) > 5 else "")
+                    outcome.error = (f"{run_dir} holds a complete run of {config.name!r} made with other settings "
+                                     f"({shown}). Pass --overwrite to replace it with this file's run, or give the "
+                                     f"experiment another name (name: ...) to keep both.")
+                    reporter.finished(outcome)
+                    continue
                 outcome.status = "skipped"
                 notebook_file = run_dir / "notebook.ipynb"
                 outcome.notebook = str(notebook_file) if notebook_file.exists() else None

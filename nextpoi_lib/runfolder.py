@@ -443,6 +443,44 @@ def _read_json(path: Path) -> dict | None:
         return json.load(fh)
 
 
+# Settings that do not change what a run computes: where it is written, whether to replace it, its log lines.
+_NOT_COMPARED = ("output", "training.progress")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def stored_config_differences(run_dir: Path, config: ExperimentConfig) -> list[str]:
+    """The dotted keys whose values differ between a complete run folder's `config.yaml` and `config`, as
+    'key: stored -> now' lines (empty when the folder holds a run of this very configuration). A stored config
+    that cannot be read is one difference. Output location, overwrite and progress settings are not compared."""
+    import warnings
+
+    from .config import ConfigError, from_dict
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an older folder's deprecated spellings: read, compared translated
+            stored = from_dict(_read_yaml(run_dir / "config.yaml") or {}).to_dict()
+    except (ConfigError, OSError, ValueError, TypeError) as error:
+        return [f"its config.yaml cannot be read by this version ({error})"]
+    before, now = _flatten(stored), _flatten(config.to_dict())
+
+    def compared(key: str) -> bool:
+        return not any(key == skip or key.startswith(f"{skip}.") for skip in _NOT_COMPARED)
+
+    return [f"{key}: {before.get(key, '(unset)')!r} -> {now.get(key, '(unset)')!r}"
+            for key in sorted(set(before) | set(now)) if compared(key) and before.get(key) != now.get(key)]
+
+
 def _read_yaml(path: Path) -> dict | None:
     if not path.exists():
         return None

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from nextpoi_lib import batch, cli
+from nextpoi_lib.notebook_parameters import experiment_config
 from notebook_support import error_outputs, output_root_with_shared_cache, small_experiment, write_parameter_file
 
 
@@ -301,6 +303,29 @@ def test_a_notebook_left_by_a_batch_killed_after_its_run_completed_moves_into_th
     assert not (other / "notebook.ipynb").exists() and not stale.exists()
 
 
+def test_a_complete_run_made_with_other_settings_is_not_taken_for_this_files_run(tmp_path):
+    # The user edits a parameter file after its run finished: skipping it would report the old numbers as
+    # the new settings'. The batch refuses it before any work, names the keys, and leaves the old run alone.
+    root = tmp_path / "out"
+    path = small_experiment(tmp_path / "edited.yaml", "edited")
+    run_dir = root / "foursquare_nyc" / "edited"
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text(json.dumps({"status": "complete", "run_name": "edited"}))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment_config([path]).to_dict()))
+    # The same settings written elsewhere and with progress lines off: still this file's run, skipped.
+    summary = batch.run_batch([path], output_root=root, progress=False)
+    assert [e.status for e in summary.experiments] == ["skipped"]
+    edited = small_experiment(tmp_path / "edited.yaml", "edited", optimizer={"learning_rate": 0.5},
+                              training={"seeds": [4]})
+    stored = (run_dir / "config.yaml").read_text()
+    summary = batch.run_batch([edited], output_root=root, progress=False)
+    [outcome] = summary.experiments
+    assert (outcome.status, outcome.stage) == ("failed", "validation")
+    assert "optimizer.learning_rate" in outcome.error and "-> 0.5" in outcome.error
+    assert "training.seeds" in outcome.error and "--overwrite" in outcome.error
+    assert (run_dir / "config.yaml").read_text() == stored and not (run_dir / "notebook.ipynb").exists()
+
+
 def test_output_root_that_is_a_regular_file_stops_the_batch(tmp_path, capsys):
     root = tmp_path / "out"
     root.write_text("a file")
@@ -314,7 +339,9 @@ def test_run_moved_aside_by_a_killed_run_is_put_back_and_skipped(tmp_path):
     aside = root / "foursquare_nyc" / f".kept.replaced-{dead_pid()}-1700000000000"
     aside.mkdir(parents=True)
     (aside / "manifest.json").write_text(json.dumps({"status": "complete", "run_name": "kept"}))
-    summary = batch.run_batch([small_experiment(tmp_path / "kept.yaml", "kept")], output_root=root, progress=False)
+    kept = small_experiment(tmp_path / "kept.yaml", "kept")
+    (aside / "config.yaml").write_text(yaml.safe_dump(experiment_config([kept]).to_dict()))
+    summary = batch.run_batch([kept], output_root=root, progress=False)
     assert [e.status for e in summary.experiments] == ["skipped"]
     assert json.loads((root / "foursquare_nyc" / "kept" / "manifest.json").read_text())["run_name"] == "kept"
     assert not aside.exists()
