@@ -1,5 +1,6 @@
 """nextpoi_lib.config: typing and value checks (loaded through experiment.load_config), and the old spellings of
 the trees' options translated with a deprecation message."""
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -184,10 +185,10 @@ model:
 
 def test_an_old_run_folders_config_loads_as_todays():
     """The model section of the config.yaml an older version wrote for `recommended` (every gbt_ key spelled out)
-    gives today's recommended config."""
+    gives the config of that experiment today (blended_dgi.yaml, recommended.yaml until 2026-12-01)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        today = load_config(PARAMETERS / "recommended.yaml").to_dict()
+        today = load_config(PARAMETERS / "blended_dgi.yaml").to_dict()
     old = {key: value for key, value in today.items() if key not in ("trees", "blend")}
     old.update(yaml.safe_load(OLD_RECOMMENDED_MODEL))
     with pytest.warns(FutureWarning):
@@ -287,11 +288,29 @@ def test_every_shipped_parameter_file_loads_without_a_deprecation():
         warnings.simplefilter("ignore", UserWarning)
         recommended = load_config(PARAMETERS / "recommended.yaml")
         labels_only = load_config(PARAMETERS / "recommended_labels_only.yaml")
-    assert recommended.model.name == "blended_trees" and recommended.blend.head == "gru"
+        neural = load_config(PARAMETERS / "recommended_neural.yaml")
+        neural_labels_only = load_config(PARAMETERS / "recommended_neural_labels_only.yaml")
+        measured = load_config(PARAMETERS / "neural_wide_stats.yaml")
+        before = {name: load_config(PARAMETERS / f"{name}.yaml") for name in ("blended_dgi", "blended_dgi_labels_only")}
+    assert recommended.model.name == "blended_trees" and recommended.blend.head == "wide_gru"
     assert labels_only.trees.history_features and not labels_only.trees.poi_statistics
     # No place identity in the labels-only twin: half of the personal transitions are keyed by the POI.
     assert recommended.trees.personal_transitions
     assert not labels_only.trees.personal_transitions
+    # The recommended head, written out in full, is the configuration that was measured (neural_wide_stats).
+    assert dataclasses.replace(neural, name=measured.name) == measured
+    # The recommended blend: the trees of the previous recommended experiment, the recommended head's settings.
+    for blend, trees_of, head_of in ((recommended, before["blended_dgi"], neural),
+                                     (labels_only, before["blended_dgi_labels_only"], neural_labels_only)):
+        assert blend.trees == trees_of.trees
+        assert dataclasses.replace(blend.model, name=head_of.model.name) == head_of.model
+        assert blend.blend.head == head_of.model.name
+        assert (blend.windows, blend.loss, blend.optimizer, blend.scheduler, blend.training) == (
+            head_of.windows, head_of.loss, head_of.optimizer, head_of.scheduler, head_of.training)
+    # The label-only twins know nothing that names the place.
+    place = {"embedding", "poi_identity", "venue_type", "place_statistics"}
+    assert not place & set(neural_labels_only.windows.features) and not place & set(labels_only.windows.features)
+    assert place <= set(neural.windows.features)
 
 
 # --------------------------------------------------------------------------------------------------
