@@ -3,7 +3,8 @@
 #   ./nextpoi.sh main   set up, run baseline + A-D and the reference methods on the embedded dataset, write outputs/report.html
 #   ./nextpoi.sh test   set up (with test tools), run the whole test suite
 #   ./nextpoi.sh setup  only set up the virtual environment (.venv, or $NEXTPOI_VENV)
-#   ./nextpoi.sh results  the runs behind docs/results.md (baselines, the recommended four, baseline, A-D) + report
+#   ./nextpoi.sh results  the runs behind docs/results.md (baselines, the recommended experiments and their
+#                         variants, the person-proxy folds, baseline, A-D) + report
 # Set NEXTPOI_PYTHON to the python of an existing environment (e.g. a conda env with a CUDA torch) to use it
 # instead of creating .venv.
 set -euo pipefail
@@ -73,6 +74,10 @@ case "${1:-}" in
     # outputs/foursquare_nyc_gowalla7): the sample's 10th root category, Event, has 26 check-ins, two or three
     # training windows per fold at the cpu profile's stride, and would decide the macro-F1 of the whole grid.
     status=0
+    # The reference trees and the recommended experiments again with folds grouped by a person proxy.
+    nextpoi batch parameters/baselines/gradient_boosting.yaml parameters/neural_place_past.yaml \
+      parameters/recommended_neural.yaml parameters/recommended.yaml --layer parameters/folds/person_proxy.yaml \
+      --output-root outputs/results_person_proxy --cell-timeout 0 "$@" || status=$?
     nextpoi batch parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
       parameters/baselines/majority.yaml parameters/baselines/last_category.yaml parameters/baselines/markov.yaml \
       parameters/baselines/gradient_boosting.yaml \
@@ -91,13 +96,19 @@ case "${1:-}" in
     if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then profile=gpu; fi
     status=0
     nextpoi batch parameters/baselines/*.yaml parameters/recommended.yaml parameters/recommended_labels_only.yaml \
-      parameters/recommended_neural.yaml parameters/recommended_category_only.yaml \
+      parameters/recommended_neural.yaml parameters/recommended_neural_labels_only.yaml \
+      parameters/blended_dgi.yaml parameters/blended_dgi_labels_only.yaml \
+      parameters/gru_dgi.yaml parameters/gru_category_only.yaml \
       parameters/neural_transition.yaml parameters/neural_transition_all_users.yaml parameters/neural_identity.yaml \
       parameters/neural_labels_past.yaml \
       parameters/neural_place_past.yaml \
       parameters/neural_labels_past_tuned.yaml parameters/neural_place_past_tuned.yaml \
-      parameters/neural_place_stats_tuned.yaml parameters/blended_place_stats.yaml \
+      parameters/neural_place_stats_tuned.yaml parameters/neural_wide_stats.yaml parameters/blended_place_stats.yaml \
       --output-root outputs/results --cell-timeout 0 "$@" || status=$?
+    # The reference trees and the recommended experiments again with folds grouped by a person proxy.
+    nextpoi batch parameters/baselines/gradient_boosting.yaml parameters/neural_place_past.yaml \
+      parameters/recommended_neural.yaml parameters/recommended.yaml --layer parameters/folds/person_proxy.yaml \
+      --output-root outputs/results_person_proxy --cell-timeout 0 "$@" || status=$?
     nextpoi batch parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
       --profile "$profile" --output-root outputs/results --cell-timeout 0 "$@" || status=$?
     nextpoi report --output-root outputs/results --output outputs/results/report.html

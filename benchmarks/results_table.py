@@ -16,11 +16,16 @@ from nextpoi_lib.analysis.tables import leaderboard
 from nextpoi_lib.runfolder import load_runs
 
 ORDER = ["majority", "last_category", "most_frequent_in_window", "markov", "gradient_boosting", "baseline", "A", "B",
-         "C", "D", "recommended_category_only", "recommended_neural", "recommended_labels_only", "recommended",
+         "C", "D",
+         # The recommended experiments until 2026-12-01 (then recommended_*: the files keep their settings).
+         "gru_category_only", "gru_dgi", "blended_dgi_labels_only", "blended_dgi",
          # Issue 15: heads that learn the place and the user's past, per-fold transition embeddings, their blend.
          "neural_transition", "neural_transition_all_users", "neural_identity", "neural_labels_past",
          "neural_place_past", "neural_labels_past_tuned",
-         "neural_place_past_tuned", "neural_place_stats_tuned", "blended_place_stats"]
+         "neural_place_past_tuned", "neural_place_stats_tuned", "neural_wide_stats", "blended_place_stats",
+         # The recommended experiments since 2026-12-01, with their label-only twins; the nested study's run.
+         "recommended_neural_labels_only", "recommended_neural", "recommended_labels_only", "recommended",
+         "wide_stats_nested-nested"]
 
 
 def main(root: Path) -> None:
