@@ -32,12 +32,20 @@ class FittedFold:
     refit_boosted_trees: Any = None
 
 
+def blended(trees: np.ndarray, neural: np.ndarray, weight: float) -> np.ndarray:
+    """(1 - w) * trees + w * neural log-probabilities."""
+    return (1.0 - weight) * trees + weight * neural
+
+
+def blend_macro_f1(trees: np.ndarray, neural: np.ndarray, target: np.ndarray, weight: float) -> float:
+    """Macro-F1 of the blend at `weight` on `target` (all of the trees' classes count)."""
+    return macro_f1(target, np.argmax(blended(trees, neural, weight), axis=1), trees.shape[1])
+
+
 def choose_blend_weight(trees: np.ndarray, neural: np.ndarray, target: np.ndarray) -> float:
     """The weight w in BLEND_WEIGHTS for which (1 - w) * trees + w * neural log-probabilities give the highest
     macro-F1 on (inner validation) targets; ties go to the smaller weight (the trees alone at w = 0)."""
-    num_classes = trees.shape[1]
-    scores = [macro_f1(target, np.argmax((1.0 - weight) * trees + weight * neural, axis=1), num_classes)
-              for weight in BLEND_WEIGHTS]
+    scores = [blend_macro_f1(trees, neural, target, weight) for weight in BLEND_WEIGHTS]
     return float(BLEND_WEIGHTS[int(np.argmax(scores))])
 
 
@@ -52,10 +60,10 @@ def fold_predictions(fitted: FittedFold, inner_val_target: np.ndarray, calibrate
     weight = None
     if neural_log_probabilities is not None:
         weight = choose_blend_weight(validation, neural_log_probabilities["inner_val"], inner_val_target)
-        validation = (1.0 - weight) * validation + weight * neural_log_probabilities["inner_val"]
-        test = (1.0 - weight) * test + weight * neural_log_probabilities["test"]
-        blended = np.argmax(test, axis=1)
-        predictions = {"selected": blended, "last": blended}
+        validation = blended(validation, neural_log_probabilities["inner_val"], weight)
+        test = blended(test, neural_log_probabilities["test"], weight)
+        prediction = np.argmax(test, axis=1)
+        predictions = {"selected": prediction, "last": prediction}
     offsets = None
     if calibrate:
         # Same post-hoc offsets as for neural heads: fitted on the inner validation users only.

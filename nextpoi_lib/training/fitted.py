@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..blend import FittedFold, fold_predictions
+from ..blend import FittedFold, blend_macro_f1, fold_predictions
 from ..config import ExperimentConfig
 from ..folds import Fold, FoldManifest
 from ..progress import Progress, progress_step
@@ -95,8 +95,14 @@ def cross_validate_fitted(config: ExperimentConfig, windows: WindowSet, fold_man
                                       seconds=seconds))
             blend = ""
             if weight is not None:
-                blend_weights.append({"seed": seed, "fold": fold.fold, "neural_weight": round(weight, 3)})
-                blend = f" (neural weight {weight:.1f})"
+                # The blend's inner-validation macro-F1 at its weight (trees fitted on the training users, as
+                # when the weight was chosen): what a choice between blends may look at, never the test fold.
+                inner_val_macro_f1 = blend_macro_f1(fitted[key].inner_val_log_probability,
+                                                    neural.log_probabilities["inner_val"],
+                                                    windows.target[fold.inner_val_index], weight)
+                blend_weights.append({"seed": seed, "fold": fold.fold, "neural_weight": round(weight, 3),
+                                      "inner_val_macro_f1": round(inner_val_macro_f1, 6)})
+                blend = f" (neural weight {weight:.1f}, inner-validation macro-F1 {inner_val_macro_f1:.4f})"
             progress(f"[seed {seed} fold {fold.fold + 1}/{len(fold_manifest.folds)}] {config.model.name}: test accuracy "
                      f"{(predictions['selected'] == target).mean():.4f}{blend}")
             progress_step(progress, stage, len(results), fits,

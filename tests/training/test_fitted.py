@@ -159,6 +159,7 @@ def test_blend_with_a_neural_run_by_hand(tmp_path):
     assert (result.device, result.device_name, result.extra["engine"]) == ("cuda", "stand-in", {"mode": "per_fold"})
     assert result.extra["blend"]["head"] == "gru"
     weights = {(w["seed"], w["fold"]): w["neural_weight"] for w in result.extra["blend"]["weights"]}
+    inner_val_scores = {(w["seed"], w["fold"]): w["inner_val_macro_f1"] for w in result.extra["blend"]["weights"]}
     assert list(weights) == [(seed, fold.fold) for seed in (0, 1) for fold in manifest.folds]
     neural = {(r.seed, r.fold): r for r in neural_folds}
     for fold_result in result.fold_results:
@@ -171,6 +172,8 @@ def test_blend_with_a_neural_run_by_hand(tmp_path):
         scores = [_macro_f1(val_target, (1 - w) * trees_val + w * head["inner_val"]) for w in BLEND_WEIGHTS]
         weight = BLEND_WEIGHTS[int(np.argmax(scores))]
         assert weights[(fold_result.seed, fold.fold)] == pytest.approx(weight)
+        # The recorded inner-validation score is the blend's at that weight: the best on the grid.
+        assert inner_val_scores[(fold_result.seed, fold.fold)] == pytest.approx(max(scores), abs=1e-6)
         blended_test = (1 - weight) * trees_test + weight * head["test"]
         np.testing.assert_array_equal(fold_result.predictions["selected"], blended_test.argmax(axis=1))
         offsets = fit_bias_offsets((1 - weight) * trees_val + weight * head["inner_val"], val_target)
