@@ -260,7 +260,7 @@ def test_nested_mode_evaluates_each_fold_once_on_its_own_test_fold(tmp_path, mon
     from nextpoi_lib.training import neural
 
     config = quiet_load(base_sections(tmp_path))
-    evaluated = []
+    evaluated, labels = [], []
     original = neural.train_fold
 
     def recording_train_fold(config_, data, windows, fold, seed, progress, label):
@@ -268,12 +268,15 @@ def test_nested_mode_evaluates_each_fold_once_on_its_own_test_fold(tmp_path, mon
         trials = stored_trials(config, tuning.nested_study_name(config, fold.fold))
         evaluated.append((fold.fold, seed, len(trials), config_.model.hidden_dim,
                           config_.optimizer.learning_rate, fold.test_index.copy()))
+        labels.append(label)
         return original(config_, data, windows, fold, seed, progress, label)
 
     monkeypatch.setattr(neural, "train_fold", recording_train_fold)
     path = tuning.run_nested(config, trials=2, progress=Progress(False))
     prepared = prepare_data(config, Progress(False))
     assert [(fold, seed, n) for fold, seed, n, *_ in evaluated] == [(0, 0, 2), (1, 0, 2), (2, 0, 2)]
+    # Each fold is evaluated alone, but its lines still count the outer folds.
+    assert labels == ["[seed 0 fold 1/3]", "[seed 0 fold 2/3]", "[seed 0 fold 3/3]"]
     for (fold, _, _, hidden, learning_rate, test_index), expected in zip(evaluated, prepared.fold_manifest.folds):
         assert np.array_equal(test_index, expected.test_index)
         best = max(stored_trials(config, tuning.nested_study_name(config, fold)), key=lambda t: t.value)

@@ -103,10 +103,10 @@ def cross_validate_fitted(config: ExperimentConfig, windows: WindowSet, fold_man
                 blend_weights.append({"seed": seed, "fold": fold.fold, "neural_weight": round(weight, 3),
                                       "inner_val_macro_f1": round(inner_val_macro_f1, 6)})
                 blend = f" (neural weight {weight:.1f}, inner-validation macro-F1 {inner_val_macro_f1:.4f})"
-            progress(f"[seed {seed} fold {fold.fold + 1}/{len(fold_manifest.folds)}] {config.model.name}: test accuracy "
+            progress(f"[seed {seed} fold {fold.fold + 1}/{fold_manifest.n_splits}] {config.model.name}: test accuracy "
                      f"{(predictions['selected'] == target).mean():.4f}{blend}")
             progress_step(progress, stage, len(results), fits,
-                          f"seed {seed} fold {fold.fold + 1}/{len(fold_manifest.folds)}")
+                          f"seed {seed} fold {fold.fold + 1}/{fold_manifest.n_splits}")
     if neural_run is None:
         return CrossValidationResult(fold_results=results, device="cpu", device_name="cpu")
     extra = {**neural_run.extra, "blend": {"head": blend_head, "weights": blend_weights}}

@@ -69,7 +69,7 @@ def cross_validate(config: ExperimentConfig, windows: WindowSet, fold_manifest: 
     for note in plan.notes:
         progress(note)
     folds = fold_manifest.folds
-    jobs = [(seed, fold, f"[seed {seed} fold {fold.fold + 1}/{len(folds)}]")
+    jobs = [(seed, fold, f"[seed {seed} fold {fold.fold + 1}/{fold_manifest.n_splits}]")
             for seed in config.training.seeds for fold in folds]
     # The stage's total for live progress bars: every (seed, fold) job's epochs (EpochTracker reports each one).
     progress_step(progress, "train", 0, len(jobs) * config.training.epochs,
