@@ -17,6 +17,7 @@ MODELS = {
     "gru": {"name": "gru", "hidden_dim": 16, "num_layers": 2},
     "lstm": {"name": "lstm", "hidden_dim": 16, "num_layers": 2},
     "hybrid": {"name": "hybrid", "hidden_dim": 16, "num_layers": 1, "num_heads": 2},
+    "wide_gru": {"name": "wide_gru", "hidden_dim": 16, "num_layers": 2},
 }
 FEATURE_SETS = [
     (["embedding"], False),
