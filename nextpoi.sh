@@ -74,10 +74,6 @@ case "${1:-}" in
     # outputs/foursquare_nyc_gowalla7): the sample's 10th root category, Event, has 26 check-ins, two or three
     # training windows per fold at the cpu profile's stride, and would decide the macro-F1 of the whole grid.
     status=0
-    # The reference trees and the recommended experiments again with folds grouped by a person proxy.
-    nextpoi batch parameters/baselines/gradient_boosting.yaml parameters/neural_place_past.yaml \
-      parameters/recommended_neural.yaml parameters/recommended.yaml --layer parameters/folds/person_proxy.yaml \
-      --output-root outputs/results_person_proxy --cell-timeout 0 "$@" || status=$?
     nextpoi batch parameters/baseline.yaml parameters/A.yaml parameters/B.yaml parameters/C.yaml parameters/D.yaml \
       parameters/baselines/majority.yaml parameters/baselines/last_category.yaml parameters/baselines/markov.yaml \
       parameters/baselines/gradient_boosting.yaml \
