@@ -291,6 +291,7 @@ def test_every_shipped_parameter_file_loads_without_a_deprecation():
         neural = load_config(PARAMETERS / "recommended_neural.yaml")
         neural_labels_only = load_config(PARAMETERS / "recommended_neural_labels_only.yaml")
         measured = load_config(PARAMETERS / "neural_wide_tuned.yaml")
+        nested_study = load_config(PARAMETERS / "tune" / "wide_stats_nested.yaml")
         before = {name: load_config(PARAMETERS / f"{name}.yaml") for name in ("blended_dgi", "blended_dgi_labels_only")}
     assert recommended.model.name == "blended_trees" and recommended.blend.head == "wide_gru"
     assert labels_only.trees.history_features and not labels_only.trees.poi_statistics
@@ -299,6 +300,9 @@ def test_every_shipped_parameter_file_loads_without_a_deprecation():
     assert not labels_only.trees.personal_transitions
     # The recommended head, written out in full, is the configuration that was measured (neural_wide_tuned).
     assert dataclasses.replace(neural, name=measured.name) == measured
+    # The nested study's base is the file it names.
+    assert dataclasses.replace(nested_study, name="neural_wide_stats", tune=measured.tune) == \
+        load_config(PARAMETERS / "neural_wide_stats.yaml")
     # The recommended blend: the trees of the previous recommended experiment, the recommended head's settings.
     for blend, trees_of, head_of in ((recommended, before["blended_dgi"], neural),
                                      (labels_only, before["blended_dgi_labels_only"], neural_labels_only)):
