@@ -99,7 +99,8 @@ case "${1:-}" in
       parameters/neural_labels_past.yaml \
       parameters/neural_place_past.yaml \
       parameters/neural_labels_past_tuned.yaml parameters/neural_place_past_tuned.yaml \
-      parameters/neural_place_stats_tuned.yaml parameters/neural_wide_stats.yaml parameters/blended_place_stats.yaml \
+      parameters/neural_place_stats_tuned.yaml parameters/neural_wide_stats.yaml parameters/neural_gru_tuned.yaml \
+      parameters/blended_place_stats.yaml \
       --output-root outputs/results --cell-timeout 0 "$@" || status=$?
     # The reference trees and the recommended experiments again with folds grouped by a person proxy.
     nextpoi batch parameters/baselines/gradient_boosting.yaml parameters/neural_place_past.yaml \

@@ -22,7 +22,8 @@ ORDER = ["majority", "last_category", "most_frequent_in_window", "markov", "grad
          # Issue 15: heads that learn the place and the user's past, per-fold transition embeddings, their blend.
          "neural_transition", "neural_transition_all_users", "neural_identity", "neural_labels_past",
          "neural_place_past", "neural_labels_past_tuned",
-         "neural_place_past_tuned", "neural_place_stats_tuned", "neural_wide_stats", "blended_place_stats",
+         "neural_place_past_tuned", "neural_place_stats_tuned", "neural_wide_stats", "neural_gru_tuned",
+         "blended_place_stats",
          # The recommended experiments since 2026-12-01, with their label-only twins; the nested study's run.
          "recommended_neural_labels_only", "recommended_neural", "recommended_labels_only", "recommended",
          "wide_stats_nested-nested"]
