@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 
 
 from .errors import UserError
-from .runfolder import CURVE_COLUMNS, Run, discover_runs, is_complete, load_run
+from .runfolder import CURVE_COLUMNS, Run, discover_runs, dotted_keys, is_complete, load_run
 
 INSTALL_HINT = "pip install 'nextpoi[mlflow]'"
 DEFAULT_STORE_FILE = "mlflow.db"
@@ -162,14 +162,9 @@ def param_value(value: object) -> str:
 def flatten_config(config: Mapping, prefix: str = "") -> dict[str, str]:
     """The config as MLflow parameters: nested sections become dotted keys (`model.hidden_dim`); a mapping whose
     keys MLflow would refuse in a key (class names in `dataset.class_map`) and an empty one stay one JSON value."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value and all(_KEY_SEGMENT.match(str(k)) for k in value):
-            flat.update(flatten_config(value, f"{name}."))
-        else:
-            flat[name[:MAX_KEY_LENGTH]] = param_value(value)
-    return flat
+    flat = dotted_keys(config, prefix, descend=lambda mapping: bool(mapping) and all(_KEY_SEGMENT.match(str(k))
+                                                                                       for k in mapping))
+    return {name[:MAX_KEY_LENGTH]: param_value(value) for name, value in flat.items()}
 
 
 def _milliseconds(stamp: object) -> int | None:

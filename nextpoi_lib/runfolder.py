@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -447,14 +447,16 @@ def _read_json(path: Path) -> dict | None:
 _NOT_COMPARED = ("output", "training.progress")
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
+def dotted_keys(data: Mapping, prefix: str = "", descend: Callable[[Mapping], bool] = bool) -> dict[str, object]:
+    """A nested mapping as {dotted key: value} (`model.hidden_dim`); a nested mapping for which `descend` is false
+    (by default: an empty one) stays one value under its own key."""
+    flat: dict[str, object] = {}
     for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{dotted}."))
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and descend(value):
+            flat.update(dotted_keys(value, f"{name}.", descend))
         else:
-            flat[dotted] = value
+            flat[name] = value
     return flat
 
 
@@ -472,7 +474,7 @@ def stored_config_differences(run_dir: Path, config: ExperimentConfig) -> list[s
             stored = from_dict(_read_yaml(run_dir / "config.yaml") or {}).to_dict()
     except (ConfigError, OSError, ValueError, TypeError) as error:
         return [f"its config.yaml cannot be read by this version ({error})"]
-    before, now = _flatten(stored), _flatten(config.to_dict())
+    before, now = dotted_keys(stored), dotted_keys(config.to_dict())
 
     def compared(key: str) -> bool:
         return not any(key == skip or key.startswith(f"{skip}.") for skip in _NOT_COMPARED)
