@@ -278,10 +278,12 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._by_trial.pop(trial.number, None)
 
 
+SAMPLERS = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
+
+
 def _sampler(config: ExperimentConfig) -> optuna.samplers.BaseSampler:
-    if config.tune.sampler == "random":
-        return TrialSeededSampler(lambda seed: optuna.samplers.RandomSampler(seed=seed), config.tune.sampler_seed)
-    return TrialSeededSampler(lambda seed: optuna.samplers.TPESampler(seed=seed), config.tune.sampler_seed)
+    sampler = SAMPLERS[config.tune.sampler]
+    return TrialSeededSampler(lambda seed: sampler(seed=seed), config.tune.sampler_seed)
 
 
 def _pruner(config: ExperimentConfig) -> optuna.pruners.BasePruner:
