@@ -42,26 +42,35 @@ def blend_macro_f1(trees: np.ndarray, neural: np.ndarray, target: np.ndarray, we
     return macro_f1(target, np.argmax(blended(trees, neural, weight), axis=1), trees.shape[1])
 
 
-def choose_blend_weight(trees: np.ndarray, neural: np.ndarray, target: np.ndarray) -> float:
+@dataclass(frozen=True)
+class BlendChoice:
+    """The blend weight chosen on the inner validation users, and the blend's macro-F1 there at that weight
+    (what a choice between blends may look at, never the test fold)."""
+    weight: float
+    inner_val_macro_f1: float
+
+
+def choose_blend_weight(trees: np.ndarray, neural: np.ndarray, target: np.ndarray) -> BlendChoice:
     """The weight w in BLEND_WEIGHTS for which (1 - w) * trees + w * neural log-probabilities give the highest
     macro-F1 on (inner validation) targets; ties go to the smaller weight (the trees alone at w = 0)."""
     scores = [blend_macro_f1(trees, neural, target, weight) for weight in BLEND_WEIGHTS]
-    return float(BLEND_WEIGHTS[int(np.argmax(scores))])
+    best = int(np.argmax(scores))
+    return BlendChoice(float(BLEND_WEIGHTS[best]), float(scores[best]))
 
 
 def fold_predictions(fitted: FittedFold, inner_val_target: np.ndarray, calibrate: bool,
                      neural_log_probabilities: dict[str, np.ndarray] | None = None):
     """Selected (and calibrated) test predictions of a fitted fold, blended with a neural head when given.
-    Returns (predictions, bias offsets or None, blend weight or None)."""
+    Returns (predictions, bias offsets or None, the BlendChoice or None)."""
     predictions = {"selected": fitted.test_predicted, "last": fitted.test_predicted}
     validation, test = fitted.inner_val_log_probability, fitted.test_log_probability
     if validation is None:
         return predictions, None, None
-    weight = None
+    choice = None
     if neural_log_probabilities is not None:
-        weight = choose_blend_weight(validation, neural_log_probabilities["inner_val"], inner_val_target)
-        validation = blended(validation, neural_log_probabilities["inner_val"], weight)
-        test = blended(test, neural_log_probabilities["test"], weight)
+        choice = choose_blend_weight(validation, neural_log_probabilities["inner_val"], inner_val_target)
+        validation = blended(validation, neural_log_probabilities["inner_val"], choice.weight)
+        test = blended(test, neural_log_probabilities["test"], choice.weight)
         prediction = np.argmax(test, axis=1)
         predictions = {"selected": prediction, "last": prediction}
     offsets = None
@@ -69,4 +78,4 @@ def fold_predictions(fitted: FittedFold, inner_val_target: np.ndarray, calibrate
         # Same post-hoc offsets as for neural heads: fitted on the inner validation users only.
         offsets = fit_bias_offsets(validation, inner_val_target)
         predictions["calibrated"] = np.argmax(test + offsets, axis=1)
-    return predictions, offsets, weight
+    return predictions, offsets, choice

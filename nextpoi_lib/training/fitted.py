@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..blend import FittedFold, blend_macro_f1, fold_predictions
+from ..blend import FittedFold, fold_predictions
 from ..config import ExperimentConfig
 from ..folds import Fold, FoldManifest
 from ..progress import Progress, progress_step
@@ -83,7 +83,7 @@ def cross_validate_fitted(config: ExperimentConfig, windows: WindowSet, fold_man
                 fitted[key] = fit_fold(make_model, windows, fold, seed, refit_with_inner_val=refit_with_inner_val,
                                        want_log_probabilities=want_log_probabilities, earlier=earlier)
             neural = neural_results.get((seed, fold.fold))
-            predictions, offsets, weight = fold_predictions(
+            predictions, offsets, blend_choice = fold_predictions(
                 fitted[key], windows.target[fold.inner_val_index], config.training.bias_calibration,
                 None if neural is None else neural.log_probabilities)
             target = windows.target[fold.test_index]
@@ -94,15 +94,13 @@ def cross_validate_fitted(config: ExperimentConfig, windows: WindowSet, fold_man
                                       test_target=target, predictions=dict(predictions), bias_offsets=offsets,
                                       seconds=seconds))
             blend = ""
-            if weight is not None:
+            if blend_choice is not None:
                 # The blend's inner-validation macro-F1 at its weight (trees fitted on the training users, as
                 # when the weight was chosen): what a choice between blends may look at, never the test fold.
-                inner_val_macro_f1 = blend_macro_f1(fitted[key].inner_val_log_probability,
-                                                    neural.log_probabilities["inner_val"],
-                                                    windows.target[fold.inner_val_index], weight)
-                blend_weights.append({"seed": seed, "fold": fold.fold, "neural_weight": round(weight, 3),
-                                      "inner_val_macro_f1": round(inner_val_macro_f1, 6)})
-                blend = f" (neural weight {weight:.1f}, inner-validation macro-F1 {inner_val_macro_f1:.4f})"
+                blend_weights.append({"seed": seed, "fold": fold.fold, "neural_weight": round(blend_choice.weight, 3),
+                                      "inner_val_macro_f1": round(blend_choice.inner_val_macro_f1, 6)})
+                blend = (f" (neural weight {blend_choice.weight:.1f}, inner-validation macro-F1 "
+                         f"{blend_choice.inner_val_macro_f1:.4f})")
             progress(f"[seed {seed} fold {fold.fold + 1}/{fold_manifest.n_splits}] {config.model.name}: test accuracy "
                      f"{(predictions['selected'] == target).mean():.4f}{blend}")
             progress_step(progress, stage, len(results), fits,
