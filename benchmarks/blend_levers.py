@@ -3,7 +3,8 @@
 Usage (from the repository root, `parameters/recommended.yaml` as the base):
     python benchmarks/blend_levers.py keys FOLDS [KEY,KEY,...]   # extra next-category statistics for the trees
     python benchmarks/blend_levers.py ensemble FOLDS             # heads and forests averaged over the 3 seeds
-    python benchmarks/blend_levers.py stacking FOLDS             # the head's out-of-fold log-probabilities as tree inputs
+    python benchmarks/blend_levers.py stacking FOLDS             # the head's out-of-fold log-probabilities
+                                                                 # as more inputs of the trees
 FOLDS: comma-separated outer folds, 0-based (e.g. 0,1). Each prints the inner-validation macro-F1 per fold and
 variant; the numbers of docs/results.md ("What else was tried for the blend") came from these commands.
 
@@ -15,8 +16,8 @@ variant; the numbers of docs/results.md ("What else was tried for the blend") ca
   blend of today (one head, one forest per seed), blended in probabilities instead of log-probabilities, the trees
   blended with the head averaged over the 3 seeds, and both averaged over the 3 seeds.
 * stacking: the fold's training users cut into 3 user-grouped parts; the head (seed 0) fitted on two parts
-  predicts the third (epochs selected on 10% of the fitting users), and a head fitted on all training users
-  predicts the inner-validation users; the trees are fitted with those 10 log-probabilities as more columns.
+  predicts the third, and a head fitted on all training users predicts the inner-validation users (each head's
+  epoch selected on 10% of the users it is fitted on); the trees are fitted with those 10 log-probabilities as more columns.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def score(target: np.ndarray, log_probability: np.ndarray) -> float:
 def keys(config, prepared, folds, names):
     windows = prepared.windows
     all_keys = candidate_keys(windows)
+    unknown = sorted(set(names or ()) - set(all_keys))
+    if unknown:
+        sys.exit(f"Unknown keys {unknown}; known: {', '.join(all_keys)}.")
     for fold_number in folds:
         fold = prepared.fold_manifest.folds[fold_number]
         target = windows.target[fold.inner_val_index]
@@ -105,7 +109,8 @@ def keys(config, prepared, folds, names):
             model.forest_trees = 0
             model.features = model.features + [KeyStatistics(all_keys[name]) for name in variant]
             predicted = model.fit(windows, fold.train_index).predict_log_probability(windows, fold.inner_val_index)
-            print(f"fold {fold_number} {'+'.join(variant) or 'base'}: inner-val macro-F1 {score(target, predicted):.2f} "
+            print(f"fold {fold_number} {'+'.join(variant) or 'base'}: "
+                  f"inner-val macro-F1 {score(target, predicted):.2f} "
                   f"accuracy {100 * (predicted.argmax(axis=1) == target).mean():.2f} ({time.time() - started:.0f}s)",
                   flush=True)
 
@@ -144,7 +149,8 @@ def ensemble(config, prepared, folds):
             "trees + 3-seed heads": [100 * choose_blend_weight(trees[s], head_mean, target).inner_val_macro_f1
                                      for s in seeds],
             "3-seed heads alone": [score(target, head_mean)],
-            "3-seed trees + 3-seed heads": [100 * choose_blend_weight(trees_mean, head_mean, target).inner_val_macro_f1],
+            "3-seed trees + 3-seed heads":
+                [100 * choose_blend_weight(trees_mean, head_mean, target).inner_val_macro_f1],
         }
         for name, values in rows.items():
             print(f"fold {fold.fold} {name:28s} inner-val macro-F1 {np.mean(values):.2f} (mean of {len(values)})",
