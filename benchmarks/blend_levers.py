@@ -33,7 +33,7 @@ from nextpoi_lib.blend import BLEND_WEIGHTS, choose_blend_weight
 from nextpoi_lib.config import updated
 from nextpoi_lib.experiment import load_config
 from nextpoi_lib.features.tabular import last_observed
-from nextpoi_lib.features.target_statistics import last_visit_keys, out_of_fold_statistics, transition_statistics
+from nextpoi_lib.features.target_statistics import TransitionStatisticsFeature, last_visit_keys
 from nextpoi_lib.folds import Fold
 from nextpoi_lib.metrics import macro_f1
 from nextpoi_lib.preparation import prepare_data
@@ -68,16 +68,15 @@ def candidate_keys(windows) -> dict[str, np.ndarray]:
             "prev_poi": compact(previous_poi)}
 
 
-class KeyStatistics:
-    """A tree feature: next-category statistics by any per-window key (as TransitionStatisticsFeature)."""
+class KeyStatistics(TransitionStatisticsFeature):
+    """A tree feature: next-category statistics by any per-window key (out-of-fold for the training rows)."""
 
     def __init__(self, keys: np.ndarray):
-        self.keys = keys
+        super().__init__("precomputed")
+        self._keys = keys
 
-    def columns(self, windows, index, train_index, fitting):
-        if fitting:
-            return out_of_fold_statistics(windows, self.keys, index)
-        return transition_statistics(windows, self.keys, train_index, index)
+    def keys(self, windows) -> np.ndarray:
+        return self._keys
 
 
 class GivenColumns:

@@ -58,8 +58,12 @@ class TransitionStatisticsFeature:
     def __init__(self, key: str):
         self.key = key
 
+    def keys(self, windows: WindowSet) -> np.ndarray:
+        """[N] the key of each window the statistics are grouped by (a subclass may key them otherwise)."""
+        return last_visit_keys(windows, self.key)
+
     def columns(self, windows: WindowSet, index: np.ndarray, train_index: np.ndarray, fitting: bool) -> np.ndarray:
-        keys = last_visit_keys(windows, self.key)
+        keys = self.keys(windows)
         if fitting:
             return out_of_fold_statistics(windows, keys, index)
         return transition_statistics(windows, keys, train_index, index)
