@@ -17,7 +17,8 @@ variant; the numbers of docs/results.md ("What else was tried for the blend") ca
   blended with the head averaged over the 3 seeds, and both averaged over the 3 seeds.
 * stacking: the fold's training users cut into 3 user-grouped parts; the head (seed 0) fitted on two parts
   predicts the third, and a head fitted on all training users predicts the inner-validation users (each head's
-  epoch selected on 10% of the users it is fitted on); the trees are fitted with those 10 log-probabilities as more columns.
+  epoch selected on 10% of the users it is fitted on); the trees are fitted with those 10 log-probabilities as
+  more columns.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from nextpoi_lib.blend import BLEND_WEIGHTS, choose_blend_weight
 from nextpoi_lib.config import updated
 from nextpoi_lib.experiment import load_config
 from nextpoi_lib.features.tabular import last_observed
-from nextpoi_lib.features.target_statistics import TransitionStatisticsFeature, last_visit_keys
+from nextpoi_lib.features.target_statistics import TransitionStatisticsFeature, last_visit_keys, owner_parts
 from nextpoi_lib.folds import Fold
 from nextpoi_lib.metrics import macro_f1
 from nextpoi_lib.preparation import prepare_data
@@ -156,25 +157,18 @@ def ensemble(config, prepared, folds):
                   flush=True)
 
 
-def user_parts(windows, index: np.ndarray, parts: int, rng: np.random.Generator) -> np.ndarray:
-    owners = windows.owners[index]
-    unique = np.unique(owners)
-    part_of_owner = dict(zip(unique, rng.integers(0, parts, len(unique))))
-    return np.array([part_of_owner[owner] for owner in owners])
-
-
 def stacking(config, prepared, folds, parts: int = 3):
     windows, manifest = prepared.windows, prepared.fold_manifest
     head_config = updated(config, model={"name": config.blend.head}, training={"seeds": [0]})
     for fold_number in folds:
         started, outer = time.time(), manifest.folds[fold_number]
         train = outer.train_index
-        part = user_parts(windows, train, parts, np.random.default_rng(fold_number))
+        part = owner_parts(windows, train, parts, seed=fold_number)
         out_of_fold, inner_val_columns = np.zeros((len(train), len(windows.classes))), None
         for k in range(parts + 1):  # parts 0..parts-1 predict a part of the training users; the last, inner val
             fit_rows = train[part != k] if k < parts else train
             predict_rows = train[part == k] if k < parts else outer.inner_val_index
-            selection = user_parts(windows, fit_rows, 10, np.random.default_rng(100 + k)) == 0
+            selection = owner_parts(windows, fit_rows, 10, seed=100 + k) == 0
             job = Fold(fold=fold_number, train_index=fit_rows[~selection], inner_val_index=fit_rows[selection],
                        test_index=predict_rows, test_users=[], inner_val_users=[])
             result = cross_validate(head_config, windows, dataclasses.replace(manifest, folds=[job]),

@@ -35,16 +35,22 @@ def transition_statistics(windows: WindowSet, keys: np.ndarray, fit_index: np.nd
     return np.hstack([np.log(smoothed[rows] + 1e-9), np.log1p(seen[rows])])
 
 
+def owner_parts(windows: WindowSet, index: np.ndarray, parts: int, seed: int) -> np.ndarray:
+    """[len(index)] a part in 0..parts-1 for each window, drawn per owner (`windows.owners`: the user, or the
+    person-proxy group), so no owner's windows are split between parts."""
+    owners = windows.owners[index]
+    unique_owners = np.unique(owners)
+    part_of_owner = dict(zip(unique_owners, np.random.default_rng(seed).integers(0, parts, len(unique_owners))))
+    return np.array([part_of_owner[owner] for owner in owners])
+
+
 def out_of_fold_statistics(windows: WindowSet, keys: np.ndarray, train_index: np.ndarray, parts: int = 5,
                            seed: int = 0) -> np.ndarray:
     """Transition statistics for the training windows themselves, each computed without its own user's
     windows (user-grouped parts), so the trees never see a feature built from the row's own label. With folds
     grouped by a person proxy (`windows.groups`) the parts keep each group whole: a training window's statistics
     then leave out the same person's other weeks, as a test window's do."""
-    owners = windows.owners[train_index]
-    unique_owners = np.unique(owners)
-    part_of_owner = dict(zip(unique_owners, np.random.default_rng(seed).integers(0, parts, len(unique_owners))))
-    part = np.array([part_of_owner[owner] for owner in owners])
+    part = owner_parts(windows, train_index, parts, seed)
     statistics = np.zeros((len(train_index), len(windows.classes) + 1))
     for k in range(parts):
         statistics[part == k] = transition_statistics(windows, keys, train_index[part != k], train_index[part == k])
